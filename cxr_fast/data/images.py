@@ -1,0 +1,85 @@
+"""Read one radiograph as 8-bit grayscale, with errors that name the file (never a silent black image).
+
+16-bit PNG/TIFF is windowed to 8 bits over the image's own range (or a percentile window), not truncated.
+DICOM goes through `cxr_fast.data.dicom` (optional extra `cxr_fast[dicom]`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cxr_fast.errors import UserError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # refuse decompression-bomb-sized inputs above this many pixels
+
+
+@dataclass
+class ImageInfo:
+    width: int
+    height: int
+    bit_depth: int
+
+
+def window_to_uint8(a: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+    """Map an integer/float image to uint8 over [lo, hi]: its own min..max, or percentiles (p_lo, p_hi) if given."""
+    a = a.astype(np.float64)
+    if window is None:
+        lo, hi = float(a.min()), float(a.max())
+    else:
+        lo, hi = (float(v) for v in np.percentile(a, window))
+    if hi <= lo:
+        return np.zeros(a.shape, dtype=np.uint8)
+    return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def _bit_depth(img: Image.Image) -> int:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return 16
+    if img.mode in ("I", "F"):
+        return 32
+    return 8
+
+
+def read_gray8(
+    path: str | Path, window: tuple[float, float] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, ImageInfo]:
+    """Decode `path` to a (H, W) uint8 array plus its original size and bit depth. Raises UserError naming the file."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        from cxr_fast.data.dicom import read_dicom_gray8
+
+        return read_dicom_gray8(path, window=window, max_pixels=max_pixels)
+    if not path.is_file():
+        raise UserError(f"{path}: image file not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: image file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise UserError(f"{path}: image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels} "
+                                    f"(decompression-bomb guard; raise it with --max_pixels)")
+                img.load()
+                depth = _bit_depth(img)
+                if depth > 8:
+                    arr = window_to_uint8(np.asarray(img), window)
+                else:
+                    if img.mode != "L":
+                        img = img.convert("L")
+                    arr = np.asarray(img, dtype=np.uint8)
+                    if window is not None:
+                        arr = window_to_uint8(arr, window)
+    except UserError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise UserError(f"{path}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                        ) from None
+    return np.ascontiguousarray(arr), ImageInfo(width=w, height=h, bit_depth=depth)
