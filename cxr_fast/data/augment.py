@@ -26,11 +26,11 @@ class AugmentSpec:
             raise ValueError(f"img_size must be positive, got {self.img_size}")
 
     @classmethod
-    def for_training(cls, img_size: int, color_jitter: bool = False) -> "AugmentSpec":
+    def for_training(cls, img_size: int, color_jitter: bool = False) -> AugmentSpec:
         return cls(img_size=img_size, train=True, jitter=0.05 if color_jitter else 0.0)
 
     @classmethod
-    def for_eval(cls, img_size: int) -> "AugmentSpec":
+    def for_eval(cls, img_size: int) -> AugmentSpec:
         return cls(img_size=img_size, train=False, rotate_deg=0.0, flip_p=0.0, jitter=0.0)
 
     def to_dict(self) -> dict:

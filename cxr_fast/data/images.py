@@ -58,9 +58,13 @@ def read_gray8(
         raise UserError(f"{path}: image file not found")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: image file is empty (0 bytes)")
+    # max_pixels is the one guard. PIL's own is a process-wide limit (~89M pixels, a warning above it, an error at
+    # twice it) that would refuse, with a confusing message, images that max_pixels allows: lift it to match.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below says it better
             with Image.open(path) as img:
                 w, h = img.size
                 if w * h > max_pixels:
@@ -78,8 +82,10 @@ def read_gray8(
                         arr = window_to_uint8(arr, window)
     except UserError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError:  # above twice max_pixels: refused by PIL before the size check above
+        raise UserError(f"{path}: image is above the limit of {max_pixels} pixels (decompression-bomb guard; "
+                        f"raise it with --max_pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                         ) from None
     return np.ascontiguousarray(arr), ImageInfo(width=w, height=h, bit_depth=depth)

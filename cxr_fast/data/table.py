@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +48,39 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _rows(idx) -> str:
-    """CSV line numbers (header = line 1) of the first offending rows."""
-    idx = list(idx)
-    shown = ", ".join(str(int(i) + 2) for i in idx[:_MAX_SHOWN])
-    more = f" (+{len(idx) - _MAX_SHOWN} more)" if len(idx) > _MAX_SHOWN else ""
-    return f"line{'s' if len(idx) > 1 else ''} {shown}{more}"
+def _rows(lines) -> str:
+    """'line(s) ...' for the first offending rows, given their CSV line numbers."""
+    lines = list(lines)
+    shown = ", ".join(str(int(i)) for i in lines[:_MAX_SHOWN])
+    more = f" (+{len(lines) - _MAX_SHOWN} more)" if len(lines) > _MAX_SHOWN else ""
+    return f"line{'s' if len(lines) > 1 else ''} {shown}{more}"
+
+
+def _line_numbers(csv_path: Path, n_rows: int) -> np.ndarray:
+    """CSV line (header = line 1) on which each data row starts.
+
+    Not simply row + 2: pandas skips blank and whitespace-only lines, and a quoted field may span lines.
+    Only computed when an error needs it.
+    """
+    starts, prev = [], 0
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        for rec in reader:
+            if len(rec) > 1 or (rec and rec[0].strip()):
+                starts.append(prev + 1)
+            prev = reader.line_num
+    starts = starts[1:]  # drop the header
+    if len(starts) != n_rows:  # the csv module and pandas disagree on some odd file: keep the simple count
+        return np.arange(n_rows) + 2
+    return np.asarray(starts)
+
+
+def _duplicate_columns(csv_path: Path) -> list[str]:
+    """Header names that occur twice (pandas would silently rename the second 'A' to 'A.1')."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        header = next((r for r in csv.reader(f) if len(r) > 1 or (r and r[0].strip())), [])
+    header = [c.strip() for c in header]
+    return sorted({c for c in header if header.count(c) > 1})
 
 
 def parse_label_list(labels: str | list[str] | None) -> list[str] | None:
@@ -96,6 +124,9 @@ def read_table(
         raise UserError(f"{csv_path}: the CSV is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise UserError(f"{csv_path}: not a readable UTF-8 CSV ({str(e).splitlines()[0]})") from None
+    dup_cols = _duplicate_columns(csv_path)
+    if dup_cols:
+        raise UserError(f"{csv_path}: the header names column(s) {', '.join(map(repr, dup_cols))} more than once")
     df.columns = [str(c).strip() for c in df.columns]
     if image_col not in df.columns:
         raise UserError(f"{csv_path}: no image column {image_col!r} (columns: {', '.join(df.columns)}); "
@@ -103,15 +134,18 @@ def read_table(
     if len(df) == 0:
         raise UserError(f"{csv_path}: the CSV has a header but no rows")
 
+    def at(mask) -> str:
+        return _rows(_line_numbers(csv_path, len(df))[np.flatnonzero(mask)])
+
     names = df[image_col].astype(str)
     blank = names.str.strip() == ""
     if blank.any():
-        raise UserError(f"{csv_path}: column {image_col!r} is empty at {_rows(np.flatnonzero(blank))}")
+        raise UserError(f"{csv_path}: column {image_col!r} is empty at {at(blank)}")
     dup = names.duplicated(keep=False)
     if dup.any():
         first = names[dup].iloc[0]
         raise UserError(f"{csv_path}: column {image_col!r} has duplicate image names, e.g. {first!r} at "
-                        f"{_rows(np.flatnonzero(names == first))} ({int(names.duplicated().sum())} duplicates)")
+                        f"{at(names == first)} ({int(names.duplicated().sum())} duplicates)")
 
     groups = None
     if group_col is not None:
@@ -119,7 +153,7 @@ def read_table(
             raise UserError(f"{csv_path}: no group column {group_col!r} (columns: {', '.join(df.columns)})")
         g = df[group_col].astype(str).str.strip()
         if (g == "").any():
-            raise UserError(f"{csv_path}: column {group_col!r} is empty at {_rows(np.flatnonzero(g == ''))}")
+            raise UserError(f"{csv_path}: column {group_col!r} is empty at {at(g == '')}")
         groups = g.to_numpy()
 
     wanted = parse_label_list(labels)
@@ -148,14 +182,13 @@ def read_table(
         vals = pd.to_numeric(col.where(~is_blank), errors="coerce")
         bad = (~is_blank) & vals.isna()
         if bad.any():
-            i = np.flatnonzero(bad)
-            raise UserError(f"{csv_path}: column {c!r} has non-numeric values (e.g. {col.iloc[i[0]]!r}) at {_rows(i)}")
+            first = col[bad].iloc[0]
+            raise UserError(f"{csv_path}: column {c!r} has non-numeric values (e.g. {first!r}) at {at(bad)}")
         outside = (~is_blank) & ~vals.isin([0.0, 1.0, -1.0])
         if outside.any():
-            i = np.flatnonzero(outside)
             raise UserError(f"{csv_path}: column {c!r} has values outside {{0, 1, -1}} "
-                            f"(e.g. {col.iloc[i[0]]!r}) at {_rows(i)}")
-        v = vals.to_numpy(dtype=np.float64)
+                            f"(e.g. {col[outside].iloc[0]!r}) at {at(outside)}")
+        v = vals.to_numpy(dtype=np.float64, copy=True)  # pandas 3 (copy-on-write) may hand out a read-only view
         v[(v == -1.0)] = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertain]
         v[is_blank.to_numpy()] = {"zeros": 0.0, "ignore": np.nan}[missing]
         out[:, j] = v

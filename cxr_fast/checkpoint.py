@@ -1,0 +1,64 @@
+"""Checkpoints: atomic writes, safe (weights_only) loads, and the keys users and `cxr-predict` rely on.
+
+Best-of-fold `{model}_fold{K}.pth` keys: model (backbone state dict, EMA weights when EMA is on), refiner (its state
+dict, with "A"; None with --no-refiner), labels, config, fold, epoch, val_auc, val_auc_per_label, format_version.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from cxr_fast.errors import UserError
+
+CHECKPOINT_VERSION = 1
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """torch.save to a temporary name in the same folder, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load with weights_only=True; a file that needs arbitrary pickle execution is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path}: refused: the checkpoint needs pickle code execution to load "
+                        f"({str(e).splitlines()[0][:160]}); only weights_only checkpoints are accepted") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: not a cxr_fast checkpoint (top level is {type(ckpt).__name__})")
+    return ckpt
+
+
+def best_checkpoint(model_state: dict, refiner_state: dict | None, *, labels: list[str], config: dict, fold: int,
+                    epoch: int, val_auc: float, val_auc_per_label: dict) -> dict:
+    return {
+        "model": model_state, "refiner": refiner_state, "labels": list(labels), "config": config, "fold": fold,
+        "epoch": epoch, "val_auc": val_auc, "val_auc_per_label": val_auc_per_label,
+        "format_version": CHECKPOINT_VERSION,
+    }
+
+
+def check_fold_checkpoint(path: str | Path, ckpt: dict) -> None:
+    for key in ("model", "refiner", "labels", "config"):
+        if key not in ckpt:
+            raise UserError(f"{path}: not a cxr_fast fold checkpoint (no {key!r} key)")

@@ -1,0 +1,84 @@
+"""`cxr-predict`: inference only - fold-ensemble (and flip-TTA) probabilities for every image in a test folder."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+
+from cxr_fast.cli.common import positive_int
+from cxr_fast.errors import UserError, cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cxr-predict", description=__doc__)
+    p.add_argument("--checkpoints", required=True, nargs="+",
+                   help='fold checkpoints or a glob, e.g. "outputs/*_fold*.pth"')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--test_dir", help="folder of test images (every .png/.jpg/.jpeg, sorted)")
+    src.add_argument("--shards", help="a cxr-shard folder: predict its test split")
+    p.add_argument("--out_csv", default="./submission.csv")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--batch_size", type=positive_int, default=32)
+    p.add_argument("--pipeline", choices=("pil", "dali"), default="pil",
+                   help="dali needs --shards (or builds test-only shards from --test_dir in a temporary folder)")
+    p.add_argument("--num_workers", type=int, default=4)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--image_col", default="Image_name", help="name of the image column in the output CSV")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import tempfile
+
+    from cxr_fast.data.sources import test_file_set
+    from cxr_fast.data.table import list_test_images
+    from cxr_fast.engine import Amp
+    from cxr_fast.inference import ensemble_predict, load_fold_checkpoints, write_predictions_csv
+    from cxr_fast.trainer import resolve_device
+
+    paths = sorted({p for pat in args.checkpoints for p in (glob.glob(pat) or [pat])})
+    ckpts = load_fold_checkpoints(paths)
+    labels = list(ckpts[0][1]["labels"])
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory(prefix="cxr-predict-") as tmp:
+        if args.shards:
+            samples, names = _shard_test_set(args.shards, labels)
+        elif args.pipeline == "dali":
+            from cxr_fast.data.shards import write_test_shards
+
+            write_test_shards(args.test_dir, tmp, labels, progress=args.progress)
+            samples, names = _shard_test_set(tmp, labels)
+        else:
+            names = list_test_images(args.test_dir)
+            samples = test_file_set(args.test_dir, names, len(labels))
+        index, probs = ensemble_predict(ckpts, samples, pipeline=args.pipeline, batch_size=args.batch_size,
+                                        device=device, tta=args.tta, num_workers=args.num_workers,
+                                        amp=Amp(device, enabled=device.type == "cuda"), progress=args.progress)
+    write_predictions_csv(args.out_csv, [names[i] for i in index], labels, probs, image_col=args.image_col)
+    print(f"wrote {args.out_csv}: {len(index)} images x {len(labels)} labels, mean of {len(ckpts)} checkpoint(s)"
+          f"{', flip TTA' if args.tta else ''}")
+    return 0
+
+
+def _shard_test_set(root, labels):
+    from cxr_fast.data.shards import load_manifest, read_samples, sample_set
+
+    manifest = load_manifest(root)
+    if list(manifest["labels"]) != labels:
+        raise UserError(f"{root}/manifest.json: its labels {manifest['labels']} differ from the checkpoints' {labels}")
+    df = read_samples(root)
+    test = df[df["split"] == "test"].sort_values("index")
+    if not len(test):
+        raise UserError(f"{root}: the shards have no test split (shard with --test_dir)")
+    names = [""] * (int(test["index"].max()) + 1)
+    for i, n in zip(test["index"], test["name"]):
+        names[i] = n
+    return sample_set(root, manifest, ["test"]), names
+
+
+if __name__ == "__main__":
+    sys.exit(main())

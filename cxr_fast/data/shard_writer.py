@@ -1,0 +1,309 @@
+"""cxr-shard's writer: CSV + images -> fold/test WebDataset shards, DALI indexes, samples.csv, manifest (last).
+
+One pass decodes, windows, shrinks and encodes every image in worker processes into a spool under OUT (so each
+image is decoded once) and collects the unreadable ones; no output file in OUT is created, changed or removed
+before that pass has seen every input. Then folds are made on the accepted rows, the samples are shuffled, the
+tars are assembled from the spool under temporary names and renamed, and `manifest.json` (temp + rename) comes
+last. An output without a manifest is incomplete by definition; a rerun cleans it up and starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cxr_fast.data import shards as fmt
+from cxr_fast.data.folds import make_folds, write_folds_csv
+from cxr_fast.data.images import DEFAULT_MAX_PIXELS
+from cxr_fast.data.shard_assemble import Assembly, commit, sync_dir, tmp_path, write_atomic
+from cxr_fast.data.shard_encode import EncodeOptions, encode_chunk, worker_init
+from cxr_fast.data.table import file_sha256, list_test_images, read_table
+from cxr_fast.errors import UserError
+
+_SHOWN = 5
+
+
+def default_workers() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+@dataclass
+class _Inputs:
+    """Everything the shards are made of, training part optional (test-only shards for cxr-predict)."""
+
+    label_names: list[str]
+    names: list[str]
+    labels: np.ndarray
+    groups: np.ndarray | None
+    train_dir: Path | None
+    test_names: list[str]
+    test_dir: Path | None
+    policies: dict | None
+    source: dict
+
+
+def write_shards(
+    train_csv: str | Path, train_dir: str | Path, out: str | Path, *, test_dir: str | Path | None = None,
+    folds: int = 3, seed: int = 42, labels: str | list[str] | None = None, image_col: str = "Image_name",
+    group_col: str | None = None, uncertain: str = "zeros", missing: str = "zeros", resize: int = 512,
+    image_format: str = "jpg", quality: int = 95, samples_per_shard: int = 1000, workers: int | None = None,
+    skip_bad: bool = False, overwrite: bool = False, window: tuple[float, float] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True, log: Callable[[str], None] | None = print,
+) -> dict:
+    """Build `out` (or find it up to date) from a training CSV and image folders; returns the manifest.
+
+    UserError for bad flags, a bad CSV, unreadable images (unless `skip_bad`), or an existing output made with
+    other arguments (unless `overwrite`).
+    """
+    train_dir = Path(train_dir).absolute()
+    if not train_dir.is_dir():
+        raise UserError(f"{train_dir}: training image directory not found")
+    table = read_table(train_csv, image_col=image_col, labels=labels, uncertain=uncertain, missing=missing,
+                       group_col=group_col)
+    clash = [c for c in table.label_names if c in fmt.SAMPLES_COLUMNS]
+    if clash:
+        raise UserError(f"{train_csv}: label column {clash[0]!r} clashes with a samples.csv column "
+                        f"({', '.join(fmt.SAMPLES_COLUMNS)}); rename it in the CSV")
+    test_names = list_test_images(test_dir) if test_dir is not None else []
+    inputs = _Inputs(
+        label_names=table.label_names, names=table.names, labels=table.labels, groups=table.groups,
+        train_dir=train_dir, test_names=test_names, test_dir=Path(test_dir).absolute() if test_dir else None,
+        policies={"uncertain": uncertain, "missing": missing},
+        source={"train_csv": str(Path(train_csv).absolute()), "csv_sha256": table.csv_sha256,
+                "train_dir": str(train_dir), "test_dir": str(Path(test_dir).absolute()) if test_dir else None},
+    )
+    return _build(inputs, Path(out), {"image_col": image_col, "group_col": group_col, "folds": folds, "seed": seed},
+                  resize=resize, image_format=image_format, quality=quality, samples_per_shard=samples_per_shard,
+                  workers=workers, skip_bad=skip_bad, overwrite=overwrite, window=window, max_pixels=max_pixels,
+                  progress=progress, log=log)
+
+
+def write_test_shards(
+    test_dir: str | Path, out: str | Path, labels: list[str], *, resize: int = 512, image_format: str = "jpg",
+    quality: int = 95, samples_per_shard: int = 1000, workers: int | None = None, skip_bad: bool = False,
+    overwrite: bool = False, window: tuple[float, float] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = True, log: Callable[[str], None] | None = print,
+) -> dict:
+    """Test-only shards (no folds: manifest `folds` = 0, splits = ["test"]) with all-NaN label vectors of len(labels)."""
+    test_names = list_test_images(test_dir)
+    test_dir = Path(test_dir).absolute()
+    inputs = _Inputs(label_names=list(labels), names=[], labels=np.zeros((0, len(labels)), np.float32),
+                     groups=None, train_dir=None, test_names=test_names, test_dir=test_dir, policies=None,
+                     source={"train_csv": None, "csv_sha256": None, "train_dir": None, "test_dir": str(test_dir)})
+    return _build(inputs, Path(out), {"image_col": None, "group_col": None, "folds": 0, "seed": 0}, resize=resize,
+                  image_format=image_format, quality=quality, samples_per_shard=samples_per_shard, workers=workers,
+                  skip_bad=skip_bad, overwrite=overwrite, window=window, max_pixels=max_pixels, progress=progress,
+                  log=log)
+
+
+def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, quality, samples_per_shard, workers,
+           skip_bad, overwrite, window, max_pixels, progress, log) -> dict:
+    log = log or (lambda msg: None)
+    _check_flags(resize, image_format, quality, samples_per_shard, workers, window, max_pixels)
+    out = out.absolute()
+    args = {
+        **inp.source, "test_images": len(inp.test_names),
+        "test_names_sha256": hashlib.sha256("\n".join(inp.test_names).encode()).hexdigest(),
+        "labels": inp.label_names, **split_args, **(inp.policies or {"uncertain": None, "missing": None}),
+        "resize": resize, "format": image_format, "quality": quality if image_format == "jpg" else None,
+        "window": list(window) if window else None, "max_pixels": max_pixels,
+        "samples_per_shard": samples_per_shard, "skip_bad": skip_bad,
+    }
+    args = json.loads(json.dumps(args))  # the form it takes in the manifest, so the comparison is exact
+    state, old = _existing_state(out, args, overwrite)
+    if state == "uptodate":
+        log(f"{out} is up to date (its manifest.json was written with these arguments); nothing to do")
+        return old
+
+    workers = default_workers() if workers is None else workers
+    n, n_folds, seed = len(inp.names), split_args["folds"], split_args["seed"]
+    paths = [str(inp.train_dir / s) for s in inp.names] + [str(inp.test_dir / s) for s in inp.test_names]
+    opts = EncodeOptions(resize, image_format, quality, tuple(window) if window else None, max_pixels)
+    created, t0 = not out.exists(), time.perf_counter()
+    # A run-specific spool folder: an encoder orphaned by a killed run can never write into this run's spool.
+    spool = out / fmt.SPOOL_DIR / f"run-{os.getpid()}-{time.time_ns()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out / fmt.SPOOL_DIR, ignore_errors=True)  # a killed run's spool
+        spool.mkdir(parents=True)
+        recs, chunk_of, reasons, enc_s = _encode_all(paths, opts, spool, workers, progress)
+        rejected = [{"name": inp.names[j] if j < n else inp.test_names[j - n], "split": "train" if j < n else "test",
+                     "row": j if j < n else None, "reason": reasons[j]}
+                    for j in sorted(reasons)]
+        if rejected and not skip_bad:
+            shown = "; ".join(f"{r['name']}" + (f" (row {r['row']})" if r["row"] is not None else " (test image)")
+                              + f": {r['reason']}" for r in rejected[:_SHOWN])
+            raise UserError(f"{len(rejected)} of {len(paths)} images cannot be used: {shown}"
+                            f"{'; ...' if len(rejected) > _SHOWN else ''} -- fix them or pass --skip_bad to leave "
+                            f"them out (nothing was written)")
+        ok_train = np.array([j for j in range(n) if j not in reasons], dtype=np.int64)
+        ok_test = np.array([j for j in range(len(inp.test_names)) if n + j not in reasons], dtype=np.int64)
+        if n and not len(ok_train):
+            raise UserError(f"none of the {n} training images can be read (first: {rejected[0]['name']}: "
+                            f"{rejected[0]['reason']})")
+        if not len(ok_train) and not len(ok_test):
+            raise UserError(f"{inp.test_dir}: none of the test images can be read")
+        fold_of_ok, method = (make_folds(inp.labels[ok_train], n_folds, seed,
+                                         None if inp.groups is None else inp.groups[ok_train])
+                              if n else (np.zeros(0, np.int64), None))
+
+        if state in ("incomplete", "replace"):
+            what = "an incomplete earlier run" if state == "incomplete" else "the old output"
+            log(f"removed {_remove_own_files(out)} files of {what} from {out}")
+        asm = Assembly(out, inp.label_names, inp.names, inp.labels, inp.test_names, recs, chunk_of, spool,
+                       image_format, progress)
+        shards = asm.run(ok_train, fold_of_ok, ok_test, n_folds, seed, samples_per_shard)
+        if n:
+            write_folds_csv(tmp_path(out / fmt.FOLDS_CSV), [inp.names[j] for j in ok_train], fold_of_ok,
+                            split_args["image_col"])
+            commit(out / fmt.FOLDS_CSV)
+        asm.write_samples_csv()
+        shutil.rmtree(out / fmt.SPOOL_DIR)  # before the manifest: a finished output holds no temporary files
+        done = [r for r in recs if r is not None]
+        manifest = {
+            "format": fmt.FORMAT, "version": fmt.VERSION, "labels": inp.label_names, "policies": inp.policies,
+            "image_col": split_args["image_col"], "group_col": split_args["group_col"], "folds": n_folds,
+            "seed": seed, "split_method": method,
+            "image": {"format": image_format, "mode": "L", "quality": args["quality"], "resize": resize,
+                      "window": args["window"], "max_height": max(r[2] for r in done),
+                      "max_width": max(r[3] for r in done)},
+            "source": inp.source,
+            "totals": {"train_rows": n, "train_written": len(ok_train),
+                       "train_rejected": sum(r["split"] == "train" for r in rejected),
+                       "test_images": len(inp.test_names), "test_written": len(ok_test),
+                       "test_rejected": sum(r["split"] == "test" for r in rejected)},
+            "counts": _counts(inp, ok_train, fold_of_ok, ok_test, n_folds),
+            "shards": shards, "samples_csv": fmt.SAMPLES_CSV,
+            "samples_csv_sha256": file_sha256(out / fmt.SAMPLES_CSV), "rejected": rejected, "args": args,
+        }
+        sync_dir(out)  # every shard's rename is durable before the manifest says the output is complete
+        write_atomic(out / fmt.MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8") + b"\n")
+        sync_dir(out)
+    finally:
+        shutil.rmtree(out / fmt.SPOOL_DIR, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+    per = ", ".join(f"{s} {manifest['counts'][s]['samples']}" for s in fmt.split_names(manifest))
+    written = len(ok_train) + len(ok_test)
+    log(f"wrote {written} samples ({per}) in {len(shards)} shards, {sum(s['bytes'] for s in shards) / 1e6:.1f} MB, "
+        f"to {out} in {time.perf_counter() - t0:.1f} s; re-encoding ran at {len(paths) / max(enc_s, 1e-9):.0f} img/s"
+        f" with {max(workers, 1)} worker{'s' if workers > 1 else ''}"
+        + (f"; {len(rejected)} rejected images are listed in manifest.json" if rejected else ""))
+    return manifest
+
+
+def _counts(inp: _Inputs, ok_train, fold_of_ok, ok_test, n_folds) -> dict:
+    counts = {}
+    for k in range(1, n_folds + 1):
+        lab = inp.labels[ok_train[fold_of_ok == k]]
+        counts[f"fold{k}"] = {
+            "samples": len(lab),
+            "positives": {c: int((lab[:, j] == 1).sum()) for j, c in enumerate(inp.label_names)},
+            "unknown": {c: int(np.isnan(lab[:, j]).sum()) for j, c in enumerate(inp.label_names)},
+        }
+    counts["test"] = {"samples": len(ok_test)}
+    return counts
+
+
+def _check_flags(resize, image_format, quality, samples_per_shard, workers, window, max_pixels) -> None:
+    if resize < 0:
+        raise UserError(f"--resize must be >= 0 (0 keeps the original size), got {resize}")
+    if image_format not in ("jpg", "png"):
+        raise UserError(f"--format must be jpg or png, got {image_format!r}")
+    if not 1 <= quality <= 100:
+        raise UserError(f"--quality must be in 1..100, got {quality}")
+    if samples_per_shard < 1:
+        raise UserError(f"--samples_per_shard must be >= 1, got {samples_per_shard}")
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers must be >= 0, got {workers}")
+    if window is not None and not (len(window) == 2 and 0 <= window[0] < window[1] <= 100):
+        raise UserError(f"--window needs two percentiles 0 <= low < high <= 100, got {window}")
+    if max_pixels < 1:
+        raise UserError(f"--max_pixels must be >= 1, got {max_pixels}")
+
+
+def _existing_state(out: Path, args: dict, overwrite: bool) -> tuple[str, dict | None]:
+    """'fresh', 'incomplete' (leftovers, no manifest), 'replace' (old output, --overwrite) or 'uptodate'."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    if not out.exists():
+        return "fresh", None
+    if not (out / fmt.MANIFEST).exists():
+        own = [p for p in out.iterdir() if fmt.OWN_FILE.match(p.name) or p.name == fmt.SPOOL_DIR]
+        return ("incomplete" if own else "fresh"), None
+    try:
+        old = fmt.load_manifest(out)
+    except UserError as e:
+        if overwrite:
+            return "replace", None
+        raise UserError(f"{out} holds output this cxr-shard cannot reuse ({e}); pass --overwrite to replace it"
+                        ) from None
+    if old.get("args") != args:
+        if overwrite:
+            return "replace", old
+        prev = old.get("args") or {}
+        diff = sorted(k for k in set(prev) | set(args) if prev.get(k) != args.get(k))
+        raise UserError(f"{out} holds shards made with different arguments or inputs (differs in: {', '.join(diff)});"
+                        f" pass --overwrite to replace them, or choose another --out")
+    for s in old["shards"]:
+        for name in (s["tar"], s["idx"]):
+            p = out / name
+            if not p.is_file() or (name == s["tar"] and p.stat().st_size != s["bytes"]):
+                raise UserError(f"{p}: missing or of the wrong size although {out / fmt.MANIFEST} matches these "
+                                f"arguments; pass --overwrite to rebuild")
+    return "uptodate", old
+
+
+def _remove_own_files(out: Path) -> int:
+    """Delete what cxr-shard wrote in `out`, the manifest first (a crash here leaves an incomplete output)."""
+    n = 0
+    if (out / fmt.MANIFEST).exists():
+        (out / fmt.MANIFEST).unlink()
+        n += 1
+    for p in sorted(out.iterdir()):
+        if fmt.OWN_FILE.match(p.name) and p.is_file():
+            p.unlink()
+            n += 1
+    return n
+
+
+def _encode_all(paths: list[str], opts: EncodeOptions, spool: Path, workers: int, progress: bool):
+    """Encode every image into spool chunk files. Returns (records, chunk per job, reasons, seconds)."""
+    n = len(paths)
+    size = max(1, min(64, math.ceil(n / (max(workers, 1) * 8))))
+    tasks = [(c, [(j, paths[j]) for j in range(s, min(s + size, n))], str(spool / f"c{c:06d}.bin"), opts)
+             for c, s in enumerate(range(0, n, size))]
+    recs: list[tuple | None] = [None] * n
+    chunk_of = np.zeros(n, dtype=np.int64)
+    reasons: dict[int, str] = {}
+    t0 = time.perf_counter()
+    # spawn: safe when the caller (cxr-train) already runs torch/CUDA/DALI threads
+    pool = get_context("spawn").Pool(workers, initializer=worker_init) if workers > 1 else None
+    try:
+        it = pool.imap_unordered(encode_chunk, tasks) if pool else map(encode_chunk, tasks)
+        with tqdm(total=n, unit="img", desc="encode", disable=not progress, dynamic_ncols=True) as bar:
+            for cid, chunk in it:
+                for job, rec, reason in chunk:
+                    chunk_of[job] = cid
+                    if rec is None:
+                        reasons[job] = reason
+                    else:
+                        recs[job] = rec
+                bar.update(len(chunk))
+    finally:
+        if pool:
+            pool.terminate()
+            pool.join()
+    return recs, chunk_of, reasons, time.perf_counter() - t0

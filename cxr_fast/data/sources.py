@@ -1,0 +1,131 @@
+"""Where a run's samples come from: a CSV + image folders (file mode) or a shards folder (labels and folds from
+its manifest). Either way the trainer asks the same questions: fold k's train/val SampleSets and the test set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxr_fast.data.folds import make_folds
+from cxr_fast.data.table import list_test_images, read_table
+from cxr_fast.errors import UserError
+from cxr_fast.pipelines import SampleSet
+
+
+@dataclass
+class RunData:
+    label_names: list[str]
+    names: list[str]          # training image names, by index (CSV row)
+    labels: np.ndarray        # (N, C) float32, NaN = unknown
+    folds: np.ndarray         # (N,) fold id 1..K
+    n_folds: int
+    split_method: str
+    train_dir: Path | None = None
+    shards_root: Path | None = None
+    manifest: dict | None = None
+    test_names: list[str] | None = None
+    test_dir: Path | None = None
+
+    def fold_sets(self, k: int) -> tuple[SampleSet, SampleSet]:
+        """(train, validation) samples of fold k: validation = fold k, train = every other fold."""
+        if self.shards_root is not None:
+            from cxr_fast.data.shards import sample_set
+
+            others = [f"fold{j}" for j in range(1, self.n_folds + 1) if j != k]
+            return (sample_set(self.shards_root, self.manifest, others),
+                    sample_set(self.shards_root, self.manifest, [f"fold{k}"]))
+        return self._file_set(np.flatnonzero(self.folds != k)), self._file_set(np.flatnonzero(self.folds == k))
+
+    def _file_set(self, rows: np.ndarray) -> SampleSet:
+        return SampleSet(index=rows, labels=self.labels[rows], files=[self.train_dir / self.names[i] for i in rows])
+
+    def test_set(self) -> SampleSet | None:
+        if self.test_names is None:
+            return None
+        if self.shards_root is not None and self.test_dir is None:
+            from cxr_fast.data.shards import sample_set
+
+            return sample_set(self.shards_root, self.manifest, ["test"])
+        return test_file_set(self.test_dir, self.test_names, len(self.label_names))
+
+
+def test_file_set(test_dir: Path, names: list[str], n_labels: int) -> SampleSet:
+    n = len(names)
+    return SampleSet(index=np.arange(n), labels=np.full((n, n_labels), np.nan, np.float32),
+                     files=[Path(test_dir) / s for s in names])
+
+
+def from_csv(train_csv, train_dir, test_dir, *, image_col, labels, uncertain, missing, group_col, folds: int,
+             seed: int) -> RunData:
+    table = read_table(train_csv, image_col=image_col, labels=labels, uncertain=uncertain, missing=missing,
+                       group_col=group_col)
+    train_dir = Path(train_dir)
+    if not train_dir.is_dir():
+        raise UserError(f"{train_dir}: training image directory not found")
+    fold, method = make_folds(table.labels, folds, seed, table.groups)
+    return RunData(label_names=table.label_names, names=table.names, labels=table.labels, folds=fold,
+                   n_folds=folds, split_method=method, train_dir=train_dir,
+                   test_names=list_test_images(test_dir) if test_dir else None,
+                   test_dir=Path(test_dir) if test_dir else None)
+
+
+def from_shards(root, labels: list[str] | None = None, test_dir=None) -> RunData:
+    """Labels, folds and names come from the shards' manifest and samples.csv; test images from the shards' test
+    split, or from `test_dir` as files when the shards have none."""
+    from cxr_fast.data.shards import load_manifest, read_samples
+
+    root = Path(root)
+    manifest = load_manifest(root)
+    if labels is not None and list(labels) != list(manifest["labels"]):
+        raise UserError(f"{root}/manifest.json: the shards hold labels {manifest['labels']}, "
+                        f"not the --labels given ({labels})")
+    df = read_samples(root)
+    train = df[df["split"] != "test"].sort_values("index")
+    n = int(train["index"].max()) + 1 if len(train) else 0
+    names = [""] * n
+    lab = np.full((n, len(manifest["labels"])), np.nan, np.float32)
+    fold = np.zeros(n, dtype=np.int64)  # 0 = not in the shards (a rejected CSV row)
+    idx = train["index"].to_numpy()
+    for i, name in zip(idx, train["name"]):
+        names[i] = name
+    lab[idx] = train[manifest["labels"]].to_numpy(np.float32)
+    fold[idx] = train["fold"].to_numpy()
+    test = df[df["split"] == "test"].sort_values("index")
+    if len(test):  # the shards' own test split wins; --test_dir is read as files only for shards without one
+        test_names, test_dir = test["name"].tolist(), None
+    else:
+        test_names = list_test_images(test_dir) if test_dir is not None else None
+    return RunData(label_names=list(manifest["labels"]), names=names, labels=lab, folds=fold,
+                   n_folds=int(manifest["folds"]), split_method=manifest["split_method"], shards_root=root,
+                   manifest=manifest, test_names=test_names, test_dir=Path(test_dir) if test_dir else None)
+
+
+def shards_for_training(cfg: dict, log: bool = True) -> Path:
+    """Build (or reuse) shards for `cxr-train --pipeline dali` without `--shards`: `<shards_root>/<csv stem>-<hash>`,
+    the hash covering the CSV's bytes and every setting that changes the shards, so a changed CSV or setting gets
+    new shards and an unchanged one reuses the old (cxr-shard's own up-to-date check)."""
+    import hashlib
+    import json
+
+    from cxr_fast.data.shards import write_shards
+    from cxr_fast.data.table import file_sha256
+
+    csv = Path(cfg["train_csv"])
+    if not csv.is_file():
+        raise UserError(f"{csv}: CSV file not found")
+    resize = max(512, int(cfg["img_size"]))
+    keys = {"csv_sha256": file_sha256(csv), "train_dir": str(Path(cfg["train_dir"]).absolute()),
+            "test_dir": str(Path(cfg["test_dir"]).absolute()) if cfg.get("test_dir") else None, "resize": resize,
+            **{k: cfg.get(k) for k in ("labels", "image_col", "group_col", "uncertain", "missing", "folds", "seed")}}
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
+    out = Path(cfg.get("shards_root") or "shards") / f"{csv.stem}-{digest}"
+    if log:
+        print(f"--pipeline dali without --shards: shards for this CSV and these settings go to {out}", flush=True)
+    write_shards(csv, cfg["train_dir"], out, test_dir=cfg.get("test_dir"), folds=cfg["folds"], seed=cfg["seed"],
+                 labels=cfg.get("labels"), image_col=cfg["image_col"], group_col=cfg.get("group_col"),
+                 uncertain=cfg["uncertain"], missing=cfg["missing"], resize=resize,
+                 workers=max(1, int(cfg.get("num_workers") or 1)), progress=bool(cfg.get("progress", True)),
+                 log=print if log else None)
+    return out

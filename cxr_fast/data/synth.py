@@ -1,0 +1,486 @@
+"""Synthetic chest radiographs with planted label structure, in the original project's folder layout.
+
+`sample_labels` draws the 14 CheXpert labels from latent causes (heart failure, infection, ICU stay), so labels
+co-occur as in real data; `render` paints one radiograph-like image for a label row; `generate` writes train.csv,
+train/, test/, test_labels.csv and couplings.json (the planted structure, for checking what a model learned).
+Every image's RNG is seeded from (seed, split, index), so output is byte-identical for any worker count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from multiprocessing import Pool
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
+
+from cxr_fast.data.table import CHEXPERT_LABELS
+from cxr_fast.errors import UserError
+
+VERSION = 1
+FORMATS = ("png", "jpg")
+BIT_DEPTHS = (8, 16)
+SPLITS = ("train", "test")
+RENDER_SIZE = 256  # larger outputs are painted at this size and upsampled (4x faster at 512 px)
+_LABEL_STREAM, _IMAGE_STREAM = 0, 1
+_L = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
+# The deliberately faint label: its own pattern is drawn at this fraction of a normal opacity's strength, while
+# P(Consolidation | Pneumonia) is ~0.95, so a model must lean on the label coupling to score it.
+FAINT = {"label": "Pneumonia", "partner": "Consolidation", "signal_scale": 0.15}
+# Label pairs that the sampler makes co-occur through a shared latent cause or a direct dependency.
+PLANTED_PAIRS = [
+    ("Edema", "Pleural Effusion"), ("Cardiomegaly", "Edema"), ("Cardiomegaly", "Pleural Effusion"),
+    ("Cardiomegaly", "Enlarged Cardiomediastinum"), ("Pneumonia", "Consolidation"), ("Consolidation", "Lung Opacity"),
+    ("Edema", "Lung Opacity"), ("Pleural Effusion", "Atelectasis"), ("Support Devices", "Pneumothorax"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------- labels
+def sample_labels(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 14) int8 0/1 labels in CHEXPERT_LABELS order; No Finding = 1 iff no other label is 1."""
+
+    def b(p: float) -> np.ndarray:
+        return rng.random(n) < p
+
+    chf, infection, icu = b(0.20), b(0.18), b(0.28)  # latent causes
+    y = {}
+    y["Cardiomegaly"] = (chf & b(0.70)) | b(0.04)
+    y["Enlarged Cardiomediastinum"] = (y["Cardiomegaly"] & b(0.35)) | b(0.03)
+    y["Edema"] = (chf & b(0.60)) | b(0.02)
+    y["Pleural Effusion"] = (chf & b(0.60)) | (infection & b(0.20)) | b(0.04)
+    y["Consolidation"] = (infection & b(0.70)) | b(0.02)
+    y["Pneumonia"] = (infection & y["Consolidation"] & b(0.60)) | (infection & b(0.05))
+    y["Atelectasis"] = b(0.08) | (icu & b(0.10)) | (y["Pleural Effusion"] & b(0.20))
+    y["Lung Lesion"] = b(0.05)
+    parents = y["Consolidation"] | y["Pneumonia"] | y["Edema"] | y["Atelectasis"] | y["Lung Lesion"]
+    y["Lung Opacity"] = (parents & b(0.75)) | b(0.05)
+    y["Pneumothorax"] = b(0.03) | (icu & b(0.08))
+    y["Support Devices"] = (icu & b(0.85)) | b(0.04)
+    y["Fracture"] = b(0.03)
+    y["Pleural Other"] = b(0.02)
+    y["No Finding"] = ~np.logical_or.reduce([v for v in y.values()])
+    return np.stack([y[name] for name in CHEXPERT_LABELS], axis=1).astype(np.int8)
+
+
+def label_structure(labels: np.ndarray | None = None, n: int = 200_000) -> dict:
+    """The planted structure as JSON-able numbers, from a large fixed-seed sample (plus `labels`' prevalence)."""
+    big = sample_labels(n, np.random.default_rng(12345)).astype(bool)
+    prev = big.mean(0)
+    pairs = []
+    for a, b in PLANTED_PAIRS:
+        ia, ib = _L[a], _L[b]
+        p_b_a = big[big[:, ia], ib].mean()
+        pairs.append({"a": a, "b": b, "p_b_given_a": round(float(p_b_a), 4), "p_b": round(float(prev[ib]), 4),
+                      "lift": round(float(p_b_a / prev[ib]), 2)})
+    fi, pi = _L[FAINT["label"]], _L[FAINT["partner"]]
+    faint = dict(FAINT, p_partner_given_label=round(float(big[big[:, fi], pi].mean()), 4))
+    out = {
+        "labels": list(CHEXPERT_LABELS),
+        "prevalence": {k: round(float(p), 4) for k, p in zip(CHEXPERT_LABELS, prev)},
+        "cooccur": pairs,
+        "exclusive": {"label": "No Finding", "excludes": [k for k in CHEXPERT_LABELS if k != "No Finding"],
+                      "rule": "No Finding = 1 iff every other label = 0"},
+        "faint": [faint],
+        "latent_causes": {"heart_failure": ["Cardiomegaly", "Edema", "Pleural Effusion"],
+                          "infection": ["Consolidation", "Pneumonia", "Pleural Effusion"],
+                          "icu": ["Support Devices", "Pneumothorax", "Atelectasis"]},
+    }
+    if labels is not None:
+        out["sample_prevalence"] = {k: round(float(p), 4) for k, p in zip(CHEXPERT_LABELS, labels.mean(0))}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- rendering
+def _soft(z: np.ndarray, w: float) -> np.ndarray:
+    """Smoothstep from 0 (z <= -w/2) to 1 (z >= w/2): a cheap soft edge."""
+    t = z * (1.0 / w)
+    t += 0.5
+    np.clip(t, 0.0, 1.0, out=t)
+    r = t * t
+    t *= -2.0
+    t += 3.0
+    r *= t
+    return r
+
+
+def _r2(x, y, cx, cy, rx, ry):
+    return ((x - cx) * (1.0 / rx)) ** 2 + ((y - cy) * (1.0 / ry)) ** 2
+
+
+def _smooth_noise(rng: np.random.Generator, grid: int, size: int) -> np.ndarray:
+    """Band-limited noise (std ~1): a small random grid upsampled bicubically to (size, size)."""
+    g = Image.fromarray(rng.standard_normal((grid, grid), dtype=np.float32), mode="F")
+    return np.asarray(g.resize((size, size), Image.BICUBIC))
+
+
+def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(rng.uniform(lo, hi))
+
+
+def _frame(rng: np.random.Generator, size: int) -> SimpleNamespace:
+    """Body coordinates (x right, y down; lungs within ~[-0.75, 0.75]) of every pixel, under a random pose."""
+    sx, sy = _u(rng, 0.88, 1.02), _u(rng, 0.88, 1.02)
+    dx, dy, th = _u(rng, -0.05, 0.05), _u(rng, -0.03, 0.07), _u(rng, -0.05, 0.05)
+    c, s = np.cos(th), np.sin(th)
+    u = ((np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0)
+    ux, vy = u[None, :] - dx, u[:, None] - dy
+    x = ((c * ux + s * vy) * (1.0 / sx)).astype(np.float32)
+    y = ((-s * ux + c * vy) * (1.0 / sy)).astype(np.float32)
+
+    def to_px(bx: float, by: float) -> tuple[float, float]:
+        px, py = c * bx * sx - s * by * sy + dx, s * bx * sx + c * by * sy + dy
+        return (px + 1.0) * size / 2 - 0.5, (py + 1.0) * size / 2 - 0.5
+
+    return SimpleNamespace(x=x, y=y, ax=np.abs(x), size=size, to_px=to_px, scale=(sx + sy) / 2)
+
+
+def _vessels(rng: np.random.Generator, f: SimpleNamespace) -> np.ndarray:
+    """Branching vessel trees from each hilum (drawn with PIL, then blurred), in [0, 1]."""
+    n, im = f.size, Image.new("L", (f.size, f.size))
+    d = ImageDraw.Draw(im)
+    for s in (-1.0, 1.0):
+        for _ in range(9):
+            x0, y0 = s * _u(rng, 0.14, 0.2), _u(rng, -0.15, 0.08)
+            ang = float(np.pi / 2 - s * (np.pi / 2) + s * rng.uniform(-1.1, 1.1))  # fan out laterally
+            stack = [(x0, y0, ang, 0.1, 1.0)]
+            while stack:
+                x0, y0, ang, seg, w = stack.pop()
+                ang += float(rng.normal(0, 0.25))
+                x1, y1 = x0 + seg * np.cos(ang), y0 + seg * np.sin(ang)
+                d.line([f.to_px(x0, y0), f.to_px(x1, y1)], fill=int(120 + 130 * w), width=max(1, round(w * n / 130)))
+                if w > 0.3:
+                    stack.append((x1, y1, ang, seg * 0.9, w * 0.75))
+                    if rng.random() < 0.5:
+                        stack.append((x1, y1, ang + float(rng.choice([-0.6, 0.6])), seg * 0.8, w * 0.6))
+    im = im.filter(ImageFilter.GaussianBlur(1.6 * n / 512))
+    return np.asarray(im, dtype=np.float32) * (1.0 / 255.0)
+
+
+def _anatomy(rng: np.random.Generator, f: SimpleNamespace, labels: np.ndarray) -> SimpleNamespace:
+    """Paint the normal chest (plus the findings that change anatomy: heart and mediastinum size) into f.A."""
+    x, y, ax, n = f.x, f.y, f.ax, f.size
+    # body: air above the sloping shoulders, thicker (brighter) centrally and below the diaphragm
+    top = -0.93 + 0.3 * np.maximum(ax - 0.2, 0.0) ** 1.3
+    body = np.maximum(_soft(y - top, 0.1), _soft(0.17 - ax, 0.12) * (0.8 + 0.2 * _soft(y + 0.8, 0.3)))
+    A = body * (0.4 + 0.24 * (1.0 - x * x) + 0.08 * _soft(y - 0.35, 0.5))
+    f.sides = []
+    lungs = np.zeros_like(x)
+    for s in (-1.0, 1.0):
+        cx, rx, cy = s * _u(rng, 0.41, 0.44), _u(rng, 0.31, 0.35), _u(rng, 0.12, 0.18)
+        ry = np.where(y < cy, np.float32(_u(rng, 0.84, 0.9)), np.float32(0.95))
+        dome_top = _u(rng, 0.24, 0.3) + (0.06 if s > 0 else 0.0)  # patient's right (image left) sits higher
+        dome = dome_top + 0.22 * ((x - (cx - s * 0.06)) * (1.0 / rx)) ** 2
+        r2 = _r2(x, y, cx, cy, rx, ry)
+        shape = _soft(1.0 - r2, 0.1)
+        lung = shape * _soft(dome - y, 0.025)
+        f.sides.append(SimpleNamespace(s=s, cx=cx, cy=cy, rx=rx, r2=r2, shape=shape, lung=lung, dome=dome,
+                                       dome_top=dome_top))
+        lungs += lung
+    f.lungs = lungs
+    A *= 1.0 - lungs * (0.5 + 0.08 * _soft(0.1 - y, 0.8))  # air: upper zones darkest
+    # rib cage: posterior ribs arch out from the spine and fall laterally; t = rib phase (integer part = rib)
+    cage = _soft(0.86 - ax, 0.08) * _soft(ax - 0.06, 0.04) * _soft(0.62 - y, 0.15)
+    f.rib_sp, f.rib_y0 = _u(rng, 0.1, 0.115), _u(rng, -0.88, -0.82)
+    f.rib_t = (y - _rib_arc(ax) - f.rib_y0) * (1.0 / f.rib_sp)
+    f.rib_t = f.rib_t - 0.012 * f.rib_t * f.rib_t  # lower ribs spaced wider
+    f.rib_in = cage * _soft(f.rib_t, 0.3) * _soft(10.0 - f.rib_t, 0.6)
+    f.rib_w = 0.025 + 0.05 * lungs
+    A += f.rib_w * f.rib_in * _rib_band(f.rib_t)
+    ta = (y - 0.55 * ax + _u(rng, 0.2, 0.3)) * (1.0 / 0.16)  # faint anterior ribs, falling medially
+    A += 0.025 * lungs * _soft(ta - np.floor(ta) - 0.2, 0.2) * _soft(0.55 - (ta - np.floor(ta)), 0.2)
+    # vessels and hila
+    f.markings = _vessels(rng, f) * lungs
+    hil = 1.0 / (1.0 + ((ax - 0.2) ** 2 + (y + 0.03) ** 2) * 30.0)
+    A += 0.1 * f.markings + 0.14 * hil * lungs + 0.02 * _smooth_noise(rng, 40, n) * lungs
+    # mediastinum (widened by Enlarged Cardiomediastinum), aortic knob, heart (widened by Cardiomegaly)
+    m_w, m_big = _u(rng, 0.1, 0.13), _u(rng, 1.9, 2.2)
+    if labels[_L["Enlarged Cardiomediastinum"]]:  # widest in the upper mediastinum
+        m_w = m_w * (1.0 + (m_big - 1.0) / (1.0 + ((y + 0.22) * (1.0 / 0.28)) ** 4))
+    med = _soft(m_w * (1.0 + 0.3 * _soft(y + 0.1, 0.6)) - np.abs(x - 0.01), 0.06) * _soft(0.3 - y, 0.2)
+    med = np.maximum(med, _soft(1.0 - _r2(x, y, 0.1, -0.3, 0.08, 0.07), 0.8))
+    hrx, hry = _u(rng, 0.27, 0.31), _u(rng, 0.21, 0.25)
+    hcx, hcy, h_big = _u(rng, 0.08, 0.12), _u(rng, 0.26, 0.31), _u(rng, 1.4, 1.55)
+    if labels[_L["Cardiomegaly"]]:
+        hrx, hcx = hrx * h_big, hcx + 0.04
+    dome_line = np.where(x < 0, f.sides[0].dome, f.sides[1].dome)
+    heart = _soft(1.0 - _r2(x, y - 0.35 * (x - hcx), hcx, hcy, hrx, hry), 0.3) * _soft(dome_line + 0.04 - y, 0.08)
+    f.heart = SimpleNamespace(cx=hcx, cy=hcy, rx=hrx, ry=hry)
+    shadow = np.maximum(med, heart)
+    A += shadow * np.maximum(0.68 + 0.04 * heart - A, 0.0)
+    # spine (faint through the mediastinum), trachea, clavicles, humeral heads, gastric bubble
+    A += _soft(0.07 - ax, 0.04) * body * (0.03 + 0.008 * np.cos(y * (2 * np.pi / 0.085))) * (1.0 - 0.6 * shadow)
+    A -= 0.1 * _soft(0.03 - np.abs(x + 0.01), 0.015) * _soft(-0.3 - y, 0.1) * body
+    yc = -0.6 - 0.32 * ax + 0.2 * ax * ax - 0.05 * np.cos(ax * 7.0)
+    A += 0.12 * _soft(0.045 - np.abs(y - yc), 0.03) * _soft(ax - 0.08, 0.05) * _soft(0.9 - ax, 0.1)
+    A -= 0.14 * _soft(1.0 - _r2(x, y, 0.36, f.sides[1].dome_top + 0.14, 0.09, 0.05), 0.4) * body
+    f.A = A
+    return f
+
+
+def _rib_arc(ax):
+    return 0.9 * (ax - 0.3) ** 2 - 0.08
+
+
+def _rib_band(t: np.ndarray, shift: float = 0.0) -> np.ndarray:
+    fr = t + shift - np.floor(t + shift)
+    return _soft(fr - 0.02, 0.1) * _soft(0.42 - fr, 0.1) * (0.75 + 0.6 * np.abs(fr - 0.2))
+
+
+def _opacify(f: SimpleNamespace, mask: np.ndarray, strength: float, level: float = 0.68) -> None:
+    """Blend toward soft-tissue density (dense opacities never get brighter than tissue)."""
+    f.A += strength * mask * np.maximum(level - f.A, 0.0)
+
+
+def _side(f: SimpleNamespace, rng: np.random.Generator) -> SimpleNamespace:
+    return f.sides[int(rng.integers(2))]
+
+
+def _blob_in_lung(f, rng, side, zone=(-0.45, 0.3)) -> tuple[float, float]:
+    return side.cx + side.s * _u(rng, -0.12, 0.12), _u(rng, *zone)
+
+
+def _patchy(f, rng, cx, cy, r, lump=0.6) -> np.ndarray:
+    """Fluffy, ill-defined opacity around (cx, cy): a lumpy disc with noisy density, inside the lungs."""
+    d = 1.0 - _r2(f.x, f.y, cx, cy, r, r * _u(rng, 0.8, 1.3))
+    noise = _smooth_noise(rng, 12, f.size)
+    return _soft(d + lump * noise, 0.8) * (0.85 + 0.15 * np.clip(noise, -1.0, 1.0)) * f.lungs
+
+
+def _effusion(f, rng):
+    for side in f.sides if rng.random() < 0.5 else [_side(f, rng)]:
+        level = side.dome_top + 0.2 - _u(rng, 0.12, 0.28)
+        lat = np.clip((side.s * (f.x - side.cx) * (1.0 / side.rx) + 1.0) * 0.5, 0.0, 1.0)
+        yb = level - 0.2 * lat * lat  # meniscus, rising laterally; blunts the costophrenic angle
+        mask = side.shape * _soft(f.y - yb, 0.05) * _soft(side.dome + 0.03 - f.y, 0.05)
+        _opacify(f, mask * (0.75 + 0.25 * _soft(f.y - yb - 0.12, 0.2)), 1.0, 0.72)
+
+
+def _edema(f, rng):
+    haze = 1.0 / (1.0 + ((f.ax - 0.24) ** 2 * 9.0 + (f.y - 0.02) ** 2 * 5.0))
+    _opacify(f, haze * f.lungs * (0.8 + 0.25 * _smooth_noise(rng, 8, f.size)), 0.55)
+    f.A += 0.05 * f.markings
+
+
+def _consolidation(f, rng):
+    side = _side(f, rng)
+    _opacify(f, _patchy(f, rng, *_blob_in_lung(f, rng, side, (-0.1, 0.3)), _u(rng, 0.13, 0.2)), 0.9)
+
+
+def _pneumonia(f, rng):  # deliberately faint (FAINT)
+    side = _side(f, rng)
+    _opacify(f, _patchy(f, rng, *_blob_in_lung(f, rng, side), _u(rng, 0.15, 0.22)), 0.9 * FAINT["signal_scale"])
+
+
+def _opacity(f, rng):
+    for _ in range(int(rng.integers(1, 3))):
+        side = _side(f, rng)
+        _opacify(f, _patchy(f, rng, *_blob_in_lung(f, rng, side), _u(rng, 0.09, 0.14), 0.8), 0.6)
+
+
+def _atelectasis(f, rng):
+    side = _side(f, rng)
+    cx, cy = side.cx + side.s * _u(rng, -0.05, 0.05), side.dome_top - _u(rng, 0.05, 0.2)
+    a, half, w = _u(rng, -0.35, 0.35), _u(rng, 0.14, 0.2), _u(rng, 0.025, 0.04)
+    dx, dy = f.x - cx, f.y - cy
+    along, across = dx * np.cos(a) + dy * np.sin(a), -dx * np.sin(a) + dy * np.cos(a)
+    _opacify(f, _soft(w - np.abs(across), 0.03) * _soft(half - np.abs(along), 0.06) * f.lungs, 0.85)
+
+
+def _lesion(f, rng):
+    for _ in range(int(rng.integers(1, 3))):
+        side = _side(f, rng)
+        cx, cy = _blob_in_lung(f, rng, side, (-0.5, 0.15))
+        _opacify(f, _soft(1.0 - _r2(f.x, f.y, cx, cy, r := _u(rng, 0.045, 0.075), r), 0.5) * f.lungs, 0.9)
+
+
+def _pneumothorax(f, rng):
+    side, k = _side(f, rng), _u(rng, 0.6, 0.72)  # lung collapsed toward the hilum by factor k
+    hx, hy = side.s * 0.2, -0.05
+    inner = _r2((f.x - hx) / k + hx, (f.y - hy) / k + hy, side.cx, side.cy, side.rx, 0.87)
+    rim = side.lung * _soft(inner - 1.0, 0.1)
+    f.A -= rim * (0.09 * f.markings + 0.08)  # no lung markings, darker
+    f.A += 0.10 * _soft(0.06 - np.abs(inner - 1.0), 0.04) * side.lung  # visceral pleural line
+
+
+def _fracture(f, rng):
+    side, k, axf = _side(f, rng), int(rng.integers(3, 8)), _u(rng, 0.45, 0.65)
+    on = (np.floor(f.rib_t) == k) & (f.x * side.s > 0)
+    frag = on & (f.ax > axf) & (f.ax < axf + _u(rng, 0.12, 0.2))
+    gap = on & (np.abs(f.ax - axf) < 0.02)
+    w = f.rib_w * f.rib_in
+    f.A += np.where(frag, w * (_rib_band(f.rib_t, _u(rng, 0.22, 0.32)) - _rib_band(f.rib_t)), 0.0)
+    f.A -= np.where(gap, w * _rib_band(f.rib_t), 0.0)
+    yk = f.rib_y0 + (k + 0.2) * f.rib_sp + _rib_arc(axf)
+    f.A += 0.16 * _soft(1.0 - _r2(f.x, f.y, side.s * axf, yk, 0.04, 0.035), 0.6)  # callus
+
+
+def _pleural_other(f, rng):
+    side = _side(f, rng)
+    lateral = _soft(side.s * (f.x - side.cx), 0.1) * _soft(side.dome_top - 0.05 - f.y, 0.1)
+    _opacify(f, _soft(side.r2 - 0.72, 0.1) * side.lung * lateral, 0.8)
+
+
+def _devices(f, rng):
+    n, im = f.size, Image.new("L", (f.size, f.size))
+    d, px = ImageDraw.Draw(im), lambda pts: [f.to_px(*p) for p in pts]
+    w = lambda t: max(1, round(t * n * f.scale / 2))  # noqa: E731 - body width -> pixels
+    kinds = rng.permutation(5)[: int(rng.integers(1, 4))]
+    for kind in kinds:
+        if kind == 0:  # endotracheal tube
+            d.line(px([(-0.01, -1.1), (0.0, _u(rng, -0.45, -0.35))]), fill=255, width=w(0.028))
+        elif kind == 1:  # central venous catheter
+            pts = [(-0.3, -1.0), (-0.2, -0.75), (-0.07, -0.45), (-0.04, _u(rng, -0.22, -0.08))]
+            d.line(px(pts), fill=255, width=w(0.014))
+        elif kind == 2:  # nasogastric tube into the stomach
+            dt = f.sides[1].dome_top
+            d.line(px([(0.01, -1.1), (0.0, -0.3), (0.04, dt), (0.2, dt + 0.15), (0.33, dt + 0.2)]), fill=255,
+                   width=w(0.016))
+        elif kind == 3:  # ECG electrodes and leads
+            for _ in range(int(rng.integers(2, 5))):
+                cx, cy, r = _u(rng, -0.7, 0.7), _u(rng, -0.7, 0.45), 0.035
+                (x0, y0), (x1, y1) = f.to_px(cx - r, cy - r), f.to_px(cx + r, cy + r)
+                d.ellipse([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=255)
+                d.line(px([(cx, cy), (cx + _u(rng, -0.3, 0.3), 1.1)]), fill=200, width=w(0.008))
+        else:  # pacemaker generator with a lead into the heart
+            gx, gy = _u(rng, 0.4, 0.6), _u(rng, -0.78, -0.65)
+            (x0, y0), (x1, y1) = f.to_px(gx - 0.07, gy - 0.05), f.to_px(gx + 0.07, gy + 0.05)
+            d.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=255)
+            d.line(px([(gx, gy), (0.1, -0.5), (-0.02, f.heart.cy), (0.12, f.heart.cy + 0.1)]), fill=255,
+                   width=w(0.012))
+    im = im.filter(ImageFilter.GaussianBlur(0.4 * n / 256))
+    f.A += 0.55 * np.asarray(im, dtype=np.float32) * (1.0 / 255.0)
+
+
+# Painters in CHEXPERT_LABELS order (Cardiomegaly / Enlarged Cardiomediastinum are drawn by _anatomy).
+_FINDINGS = {
+    "Atelectasis": _atelectasis, "Consolidation": _consolidation, "Edema": _edema, "Fracture": _fracture,
+    "Lung Lesion": _lesion, "Lung Opacity": _opacity, "Pleural Effusion": _effusion, "Pleural Other": _pleural_other,
+    "Pneumonia": _pneumonia, "Pneumothorax": _pneumothorax, "Support Devices": _devices,
+}
+
+
+def render(labels: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A (size, size) float32 radiograph in [0, 1] (bright = dense) showing the findings in `labels` (14 ints).
+
+    Each finding draws from its own child RNG, so the same `rng` state with different labels gives the same
+    patient and pose: only the findings change (useful for counterfactual tests).
+    """
+    kids = rng.spawn(len(CHEXPERT_LABELS))
+    m = min(size, RENDER_SIZE)
+    f = _anatomy(rng, _frame(rng, m), labels)
+    for name, paint in _FINDINGS.items():
+        if labels[_L[name]]:
+            paint(f, kids[_L[name]])
+    c, b, g = _u(rng, 0.9, 1.1), _u(rng, -0.04, 0.04), _u(rng, 0.85, 1.2)  # exposure
+    A = np.clip((f.A + 0.025 * _smooth_noise(rng, 6, m)) * c + b, 0.0, 1.0) ** g
+    if m < size:  # the anatomy is smooth: paint it at RENDER_SIZE, upsample, then add full-resolution grain
+        A = np.asarray(Image.fromarray(A.astype(np.float32), mode="F").resize((size, size), Image.BICUBIC))
+    A = A + rng.standard_normal((size, size), dtype=np.float32) * 0.008
+    return np.clip(A, 0.0, 1.0, out=A)
+
+
+# --------------------------------------------------------------------------------------------------------- writing
+def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, _IMAGE_STREAM, SPLITS.index(split), index]))
+
+
+def label_rng(seed: int, split: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, _LABEL_STREAM, SPLITS.index(split)]))
+
+
+def image_names(n: int, fmt: str) -> list[str]:
+    width = max(5, len(str(n - 1)))
+    return [f"{i:0{width}d}.{fmt}" for i in range(n)]
+
+
+def encode(img: np.ndarray, path: Path, fmt: str, bit_depth: int) -> None:
+    """Write a [0, 1] float image: 8-bit L PNG/JPEG, or 16-bit PNG stretched over the full 0..65535 range."""
+    if bit_depth == 16:
+        lo, hi = float(img.min()), float(img.max())
+        arr = np.rint((img - lo) * (65535.0 / max(hi - lo, 1e-6))).astype(np.uint16)
+    else:
+        arr = np.rint(img * 255.0).astype(np.uint8)
+    pil = Image.fromarray(arr)
+    if fmt == "jpg":
+        pil.save(path, format="JPEG", quality=95)
+    else:
+        pil.save(path, format="PNG", compress_level=4)
+
+
+def _write_chunk(job: tuple) -> int:
+    folder, split, start, labels, names, seed, size, fmt, bit_depth = job
+    for i, (row, name) in enumerate(zip(labels, names), start):
+        encode(render(row, image_rng(seed, split, i), size), Path(folder) / name, fmt, bit_depth)
+    return len(names)
+
+
+def _write_csv(path: Path, names: list[str], labels: np.ndarray) -> None:
+    lines = [",".join(["Image_name", *CHEXPERT_LABELS])]
+    lines += [",".join([name, *map(str, row.tolist())]) for name, row in zip(names, labels)]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_args(out: Path, n_train, n_test, size, seed, fmt, bit_depth, workers, overwrite) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if bit_depth not in BIT_DEPTHS:
+        raise UserError(f"--bit_depth must be 8 or 16, got {bit_depth}")
+    if fmt == "jpg" and bit_depth == 16:
+        raise UserError("--format jpg cannot store 16-bit images; use --format png with --bit_depth 16")
+    if n_train < 1 or n_test < 0:
+        raise UserError(f"--n_train must be >= 1 and --n_test >= 0, got {n_train} and {n_test}")
+    if size < 32:
+        raise UserError(f"--size must be >= 32 pixels, got {size}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    if (out / "train.csv").exists() and not overwrite:
+        raise UserError(f"{out / 'train.csv'} already exists; pass --overwrite to replace the dataset")
+
+
+def generate(out: str | Path, n_train: int = 600, n_test: int = 100, size: int = 256, seed: int = 0,
+             fmt: str = "png", bit_depth: int = 8, workers: int | None = None, progress: bool = True,
+             overwrite: bool = False) -> dict[str, Path]:
+    """Write a synthetic dataset under `out`; returns the paths written. train.csv is written last."""
+    out = Path(out)
+    _check_args(out, n_train, n_test, size, seed, fmt, bit_depth, workers, overwrite)
+    paths = {"train_dir": out / "train", "test_dir": out / "test", "test_labels_csv": out / "test_labels.csv",
+             "couplings_json": out / "couplings.json", "train_csv": out / "train.csv"}
+    stale = re.compile(r"^\d+\.(png|jpg)$")
+    splits = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        folder = paths[f"{split}_dir"]
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in folder.iterdir():  # images of an earlier run (only reachable with overwrite or after a crash)
+            if stale.match(p.name):
+                p.unlink()
+        splits[split] = (folder, image_names(n, fmt), sample_labels(n, label_rng(seed, split)))
+    chunk = 8
+    jobs = [(str(folder), split, s, labels[s:s + chunk], names[s:s + chunk], seed, size, fmt, bit_depth)
+            for split, (folder, names, labels) in splits.items() for s in range(0, len(names), chunk)]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    with tqdm(total=n_train + n_test, desc="cxr-synth", unit="img", disable=not progress) as bar:
+        if workers <= 1:
+            for job in jobs:
+                bar.update(_write_chunk(job))
+        else:
+            with Pool(workers) as pool:
+                for done in pool.imap_unordered(_write_chunk, jobs):
+                    bar.update(done)
+    _write_csv(paths["test_labels_csv"], splits["test"][1], splits["test"][2])
+    meta = {"version": VERSION, **label_structure(splits["train"][2]),
+            "generator": {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed, "format": fmt,
+                          "bit_depth": bit_depth}}
+    paths["couplings_json"].write_text(json.dumps(meta, indent=2) + "\n")
+    _write_csv(paths["train_csv"], splits["train"][1], splits["train"][2])
+    return paths

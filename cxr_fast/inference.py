@@ -1,0 +1,86 @@
+"""Rebuild models from fold checkpoints and ensemble their (flip-TTA) probabilities - used by cxr-train's test stage
+and by cxr-predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxr_fast.checkpoint import check_fold_checkpoint, load_checkpoint
+from cxr_fast.data.augment import AugmentSpec
+from cxr_fast.errors import UserError
+from cxr_fast.pipelines import SampleSet, build_loader
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device):
+    """A CXRClassifier with the checkpoint's backbone and refiner weights, in eval mode."""
+    from cxr_fast.model import CXRClassifier
+    from cxr_fast.model.backbone import create_backbone
+    from cxr_fast.model.refiner import LabelGraphRefiner
+
+    cfg = ckpt["config"]
+    n = len(ckpt["labels"])
+    backbone = create_backbone(cfg["model"], num_classes=n, in_chans=int(cfg.get("in_chans", 1)), pretrained=False,
+                               drop_rate=float(cfg.get("drop_rate", 0.0)))
+    backbone.load_state_dict(ckpt["model"])
+    refiner = None
+    if ckpt.get("refiner") is not None:
+        refiner = LabelGraphRefiner(n, alpha=float(cfg.get("refiner_alpha", 0.3)))
+        refiner.load_state_dict(ckpt["refiner"])
+    return CXRClassifier(backbone, refiner).to(device).eval()
+
+
+def load_fold_checkpoints(paths: list[str | Path]) -> list[tuple[Path, dict]]:
+    """Load every checkpoint and check that they agree on the label list."""
+    if not paths:
+        raise UserError("no checkpoints given (or the glob matched nothing)")
+    loaded = []
+    for p in paths:
+        ckpt = load_checkpoint(p)
+        check_fold_checkpoint(p, ckpt)
+        loaded.append((Path(p), ckpt))
+    ref_path, ref = loaded[0]
+    for p, c in loaded[1:]:
+        if list(c["labels"]) != list(ref["labels"]):
+            raise UserError(f"{p}: its labels {c['labels']} differ from {ref_path}'s {ref['labels']}")
+    return loaded
+
+
+def ensemble_predict(checkpoints: list[tuple[Path, dict]], samples: SampleSet, *, pipeline: str, batch_size: int,
+                     device: torch.device, tta: bool, num_workers: int, amp=None, progress: bool = True,
+                     rank: int = 0, world: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over folds of each fold model's (TTA-averaged) sigmoid probabilities. Returns (index, probs) sorted by
+    index, one row per sample (DDP padding removed)."""
+    from cxr_fast import dist
+    from cxr_fast.engine import Amp, predict
+
+    amp = amp or Amp(device, enabled=False)
+    total = None
+    for path, ckpt in checkpoints:
+        spec = AugmentSpec.for_eval(int(ckpt["config"]["img_size"]))
+        in_chans = int(ckpt["config"].get("in_chans", 1))
+        loader = build_loader(pipeline, samples, spec, batch_size, device, num_workers=num_workers, rank=rank,
+                              world=world)
+        model = model_from_checkpoint(ckpt, device)
+        probs, index = predict(model, loader, amp, in_chans=in_chans, tta=tta, progress=progress)
+        index, probs = dist.gather_predictions(probs, index=index)
+        total = probs.astype(np.float64) if total is None else total + probs
+        del model, loader
+    return index, (total / len(checkpoints)).astype(np.float32)
+
+
+def write_predictions_csv(path: str | Path, names: list[str], label_names: list[str], probs: np.ndarray,
+                          image_col: str = "Image_name", extra: dict | None = None) -> None:
+    """`Image_name` + one probability column per label, written atomically."""
+    path = Path(path)
+    df = pd.DataFrame(probs, columns=label_names)
+    for k, v in reversed(list((extra or {}).items())):
+        df.insert(0, k, v)
+    df.insert(0, image_col, names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_csv(tmp, index=False, float_format="%.6f")
+    tmp.replace(path)
