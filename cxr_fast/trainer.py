@@ -182,8 +182,9 @@ class Run:
                     ema.module.load_state_dict(ck["ema"])
                 _set_rng_state(ck["rng"])
                 st.update({key: ck[key] for key in st if key in ck})
-                self._trim_metrics(k, st["epoch"])
                 self.log(f"fold {k}: resuming after epoch {st['epoch']} (best macro-AUC {st['best_auc']:.4f})")
+        if c["resume"]:
+            self._trim_metrics(k, st["epoch"])  # drop lines of epochs that will run again
         if self.world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)

@@ -71,10 +71,6 @@ def write_shards(
         raise UserError(f"{train_dir}: training image directory not found")
     table = read_table(train_csv, image_col=image_col, labels=labels, uncertain=uncertain, missing=missing,
                        group_col=group_col)
-    clash = [c for c in table.label_names if c in fmt.SAMPLES_COLUMNS]
-    if clash:
-        raise UserError(f"{train_csv}: label column {clash[0]!r} clashes with a samples.csv column "
-                        f"({', '.join(fmt.SAMPLES_COLUMNS)}); rename it in the CSV")
     test_names = list_test_images(test_dir) if test_dir is not None else []
     inputs = _Inputs(
         label_names=table.label_names, names=table.names, labels=table.labels, groups=table.groups,
@@ -111,6 +107,15 @@ def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, q
            skip_bad, overwrite, window, max_pixels, progress, log) -> dict:
     log = log or (lambda msg: None)
     _check_flags(resize, image_format, quality, samples_per_shard, workers, window, max_pixels)
+    clash = [c for c in inp.label_names if c in fmt.SAMPLES_COLUMNS]
+    if clash:
+        raise UserError(f"label {clash[0]!r} clashes with a samples.csv column ({', '.join(fmt.SAMPLES_COLUMNS)}); "
+                        f"rename it")
+    if inp.names:  # fail on impossible folds now, not after the long encoding pass (make_folds says it too)
+        units = len(set(inp.groups)) if inp.groups is not None else len(inp.names)
+        if split_args["folds"] < 2 or units < split_args["folds"]:
+            raise UserError(f"--folds {split_args['folds']} needs at least 2 folds and at most one per "
+                            f"{'group' if inp.groups is not None else 'training row'} ({units})")
     out = out.absolute()
     args = {
         **inp.source, "test_images": len(inp.test_names),

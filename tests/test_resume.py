@@ -1,0 +1,97 @@
+"""Interruption and resume: a real `kill -9` of a running cxr-train, then `--resume`, reaches the same outputs as an
+uninterrupted run (same files, same weights: augmentation and shuffles are seeded per epoch, RNG states restored)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+ARGS = ["--model", "test_resnet", "--no-pretrained", "--img_size", "32", "--batch_size", "4", "--num_workers", "0",
+        "--no-progress", "--device", "cpu", "--folds", "2", "--epochs", "3", "--patience", "0", "--lr", "1e-3"]
+
+
+def _cmd(data, out, pipeline, shards=None):
+    src = ["--shards", str(shards)] if shards else ["--train_csv", str(data / "train.csv"),
+                                                    "--train_dir", str(data / "train")]
+    return [sys.executable, "-m", "cxr_fast.train", *src, "--test_dir", str(data / "test"), "--pipeline", pipeline,
+            "--out_dir", str(out), "--out_csv", str(out / "submission.csv"), *ARGS]
+
+
+def _kill_when(cmd, out, marker: str, extra_delay: float, timeout: float = 240) -> None:
+    """Start training, wait for `out/marker` to appear (+ a delay), then SIGKILL the whole process group."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    t0 = time.time()
+    try:
+        while not (out / marker).exists():
+            assert proc.poll() is None, f"training ended before it could be interrupted: {proc.stderr.read()!r}"
+            assert time.time() - t0 < timeout, "timed out waiting for training progress"
+            time.sleep(0.05)
+        time.sleep(extra_delay)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _outputs(out) -> dict:
+    return {
+        "files": sorted(p.name for p in out.iterdir() if p.is_file()),
+        "ckpt": {k: torch.load(out / f"test_resnet_fold{k}.pth", weights_only=True) for k in (1, 2)},
+        "oof": pd.read_csv(out / "oof.csv"),
+        "sub": pd.read_csv(out / "submission.csv"),
+        "metrics": [(r["fold"], r["epoch"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())],
+    }
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["files"] == b["files"]
+    assert a["metrics"] == b["metrics"]
+    for k in (1, 2):
+        ca, cb = a["ckpt"][k], b["ckpt"][k]
+        assert ca["epoch"] == cb["epoch"] and ca["val_auc"] == pytest.approx(cb["val_auc"], abs=1e-6)
+        for key in ca["model"]:
+            torch.testing.assert_close(ca["model"][key], cb["model"][key], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ca["refiner"]["A"], cb["refiner"]["A"], atol=1e-6, rtol=1e-4)
+    np.testing.assert_allclose(a["oof"].iloc[:, 2:].to_numpy(), b["oof"].iloc[:, 2:].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(a["sub"].iloc[:, 1:].to_numpy(), b["sub"].iloc[:, 1:].to_numpy(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def reference(synth_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(_cmd(synth_data, out, "pil"), check=True, capture_output=True, timeout=600)
+    return _outputs(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["between_epochs", "mid_epoch", "second_fold"])
+def test_kill9_then_resume_matches_uninterrupted(synth_data, tmp_path, reference, where):
+    cmd = _cmd(synth_data, tmp_path, "pil")
+    marker, delay = {"between_epochs": ("last.pth", 0.0), "mid_epoch": ("last.pth", 0.6),
+                     "second_fold": ("state/fold1.json", 0.5)}[where]
+    _kill_when(cmd, tmp_path, marker, delay)
+    assert not (tmp_path / "cv_summary.json").exists() and not (tmp_path / "submission.csv").exists()
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    if where == "second_fold":  # fold 1 finished before the kill; fold 2 had not completed an epoch
+        assert "fold 1: already complete" in r.stdout
+    else:
+        assert "fold 1: resuming after epoch 1" in r.stdout
+    got = _outputs(tmp_path)
+    _assert_same(got, reference)
+
+
+def test_resume_refuses_changed_settings(synth_data, tmp_path):
+    out = tmp_path
+    (out / "config.json").write_text(json.dumps({"model": "resnet50"}))
+    r = subprocess.run(_cmd(synth_data, out, "pil") + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--resume with different settings" in r.stderr and "Traceback" not in r.stderr
