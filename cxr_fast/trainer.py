@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -192,6 +193,8 @@ class Run:
         self.log(f"fold {k}/{self.data.n_folds}: {len(train_set)} train, {len(val_set)} val samples, "
                  f"{steps} steps/epoch, pipeline {c['pipeline']}, device {self.device}")
         for epoch in range(st["epoch"] + 1, c["epochs"] + 1):
+            if os.environ.get("CXR_FAST_FAIL_RANK") == str(self.rank):  # fault injection for the DDP tests
+                raise RuntimeError(f"injected failure on rank {self.rank} (CXR_FAST_FAIL_RANK)")
             train_loader.set_epoch(epoch)
             stats = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, amp, ema=ema,
                                     refiner_l1=c["refiner_l1"], clip_grad=1.0, in_chans=c["in_chans"],

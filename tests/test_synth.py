@@ -12,6 +12,7 @@ from PIL import Image
 
 from cxr_fast.cli.synth import main
 from cxr_fast.data import synth
+from cxr_fast.data.images import read_gray8
 from cxr_fast.data.table import CHEXPERT_LABELS
 from cxr_fast.errors import UserError
 
@@ -107,6 +108,8 @@ def test_bit_depths_and_formats(tmp_path):
         assert im.mode == "I;16"
         a = np.asarray(im).astype(np.int64)
     assert a.max() - a.min() > 60000 and (a % 256).any()  # the full 16-bit range, not 8-bit values scaled up
+    arr, info = read_gray8(tmp_path / "p16" / "train" / "00000.png")  # the package's own reader accepts it
+    assert info.bit_depth == 16 and arr.shape == (64, 64) and arr.max() == 255
     synth.generate(tmp_path / "j8", fmt="jpg", **kw)
     with Image.open(tmp_path / "j8" / "test" / "00000.jpg") as im:
         assert im.format == "JPEG" and im.mode == "L" and im.size == (64, 64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from cxr_fast.data.synth import BIT_DEPTHS, FORMATS, generate
@@ -34,3 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, path in paths.items():
         print(f"  {key:16s} {path}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     device = dist_device or device
     try:
         if args.pipeline == "dali" and args.shards is None:
-            cfg["shards"] = str(shards_for_training(cfg, log=dist.is_main()))
+            cfg["shards"] = str(shards_for_training(cfg, build=dist.is_main()))
+            dist.barrier()
         if cfg["shards"] is not None:
             data = from_shards(cfg["shards"], labels=cfg["labels"], test_dir=args.test_dir)
         else:

@@ -102,10 +102,11 @@ def from_shards(root, labels: list[str] | None = None, test_dir=None) -> RunData
                    manifest=manifest, test_names=test_names, test_dir=Path(test_dir) if test_dir else None)
 
 
-def shards_for_training(cfg: dict, log: bool = True) -> Path:
+def shards_for_training(cfg: dict, build: bool = True) -> Path:
     """Build (or reuse) shards for `cxr-train --pipeline dali` without `--shards`: `<shards_root>/<csv stem>-<hash>`,
     the hash covering the CSV's bytes and every setting that changes the shards, so a changed CSV or setting gets
-    new shards and an unchanged one reuses the old (cxr-shard's own up-to-date check)."""
+    new shards and an unchanged one reuses the old (cxr-shard's own up-to-date check). Under DDP only rank 0 builds
+    (`build=True`); the others just name the folder and wait at a barrier."""
     import hashlib
     import json
 
@@ -121,11 +122,11 @@ def shards_for_training(cfg: dict, log: bool = True) -> Path:
             **{k: cfg.get(k) for k in ("labels", "image_col", "group_col", "uncertain", "missing", "folds", "seed")}}
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
     out = Path(cfg.get("shards_root") or "shards") / f"{csv.stem}-{digest}"
-    if log:
-        print(f"--pipeline dali without --shards: shards for this CSV and these settings go to {out}", flush=True)
+    if not build:
+        return out
+    print(f"--pipeline dali without --shards: shards for this CSV and these settings go to {out}", flush=True)
     write_shards(csv, cfg["train_dir"], out, test_dir=cfg.get("test_dir"), folds=cfg["folds"], seed=cfg["seed"],
                  labels=cfg.get("labels"), image_col=cfg["image_col"], group_col=cfg.get("group_col"),
                  uncertain=cfg["uncertain"], missing=cfg["missing"], resize=resize,
-                 workers=max(1, int(cfg.get("num_workers") or 1)), progress=bool(cfg.get("progress", True)),
-                 log=print if log else None)
+                 workers=max(1, int(cfg.get("num_workers") or 1)), progress=bool(cfg.get("progress", True)))
     return out

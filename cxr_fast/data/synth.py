@@ -152,12 +152,14 @@ def _vessels(rng: np.random.Generator, f: SimpleNamespace) -> np.ndarray:
                 x0, y0, ang, seg, w = stack.pop()
                 ang += float(rng.normal(0, 0.25))
                 x1, y1 = x0 + seg * np.cos(ang), y0 + seg * np.sin(ang)
-                d.line([f.to_px(x0, y0), f.to_px(x1, y1)], fill=int(120 + 130 * w), width=max(1, round(w * n / 130)))
+                wpx = w * n / 130  # sub-pixel vessels at small sizes are drawn 1 px wide and fainter
+                d.line([f.to_px(x0, y0), f.to_px(x1, y1)], fill=int((120 + 130 * w) * min(1.0, wpx)),
+                       width=max(1, round(wpx)))
                 if w > 0.3:
                     stack.append((x1, y1, ang, seg * 0.9, w * 0.75))
                     if rng.random() < 0.5:
                         stack.append((x1, y1, ang + float(rng.choice([-0.6, 0.6])), seg * 0.8, w * 0.6))
-    im = im.filter(ImageFilter.GaussianBlur(1.6 * n / 512))
+    im = im.filter(ImageFilter.GaussianBlur(max(0.7, 1.6 * n / 512)))
     return np.asarray(im, dtype=np.float32) * (1.0 / 255.0)
 
 
@@ -462,12 +464,14 @@ def generate(out: str | Path, n_train: int = 600, n_test: int = 100, size: int =
     _check_args(out, n_train, n_test, size, seed, fmt, bit_depth, workers, overwrite)
     paths = {"train_dir": out / "train", "test_dir": out / "test", "test_labels_csv": out / "test_labels.csv",
              "couplings_json": out / "couplings.json", "train_csv": out / "train.csv"}
+    if overwrite:  # drop the old dataset's marker first, so a crash cannot leave a train.csv over mixed images
+        paths["train_csv"].unlink(missing_ok=True)
     stale = re.compile(r"^\d+\.(png|jpg)$")
     splits = {}
     for split, n in (("train", n_train), ("test", n_test)):
         folder = paths[f"{split}_dir"]
         folder.mkdir(parents=True, exist_ok=True)
-        for p in folder.iterdir():  # images of an earlier run (only reachable with overwrite or after a crash)
+        for p in folder.iterdir() if overwrite else ():  # the old dataset's images (it may have had more)
             if stale.match(p.name):
                 p.unlink()
         splits[split] = (folder, image_names(n, fmt), sample_labels(n, label_rng(seed, split)))
