@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from typing import Iterable
 
 import numpy as np
@@ -239,7 +240,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
                     ema.update(model, step)
             loss_sum += loss_val
             good += 1
-        scheduler.step()
+        if bad:  # the schedule advances on a skipped step too; torch warns if no optimiser step happened yet
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                scheduler.step()
+        else:
+            scheduler.step()
         step += 1
         images += x_u8.shape[0]
         bar.update(1)

@@ -11,6 +11,16 @@ class UserError(ValueError):
     """A mistake in the user's input (a path, a CSV, a flag). Printed as one line; exit code 2."""
 
 
+def one_line(e: BaseException) -> str:
+    """The message of `e` as one line. A UserError re-raised from a DataLoader worker carries the worker's traceback
+    in its message ("Caught UserError in DataLoader worker ... Original Traceback ..."): keep only its last line."""
+    msg = str(e).strip()
+    if "Traceback (most recent call last)" in msg:
+        last = msg.splitlines()[-1]
+        msg = last.split("UserError: ", 1)[-1]
+    return " ".join(msg.split("\n"))
+
+
 def cli_entry(fn: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI `main` so a UserError prints one line to stderr and exits 2 instead of a traceback."""
 
@@ -19,7 +29,7 @@ def cli_entry(fn: Callable[..., int | None]) -> Callable[..., int]:
         try:
             rc = fn(*args, **kwargs)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

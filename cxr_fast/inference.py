@@ -25,11 +25,14 @@ def model_from_checkpoint(ckpt: dict, device: torch.device):
     n = len(ckpt["labels"])
     backbone = create_backbone(cfg["model"], num_classes=n, in_chans=int(cfg.get("in_chans", 1)), pretrained=False,
                                drop_rate=float(cfg.get("drop_rate", 0.0)))
-    backbone.load_state_dict(ckpt["model"])
-    refiner = None
-    if ckpt.get("refiner") is not None:
-        refiner = LabelGraphRefiner(n, alpha=float(cfg.get("refiner_alpha", 0.3)))
-        refiner.load_state_dict(ckpt["refiner"])
+    refiner = LabelGraphRefiner(n, alpha=float(cfg.get("refiner_alpha", 0.3))) if ckpt.get("refiner") else None
+    try:
+        backbone.load_state_dict(ckpt["model"])
+        if refiner is not None:
+            refiner.load_state_dict(ckpt["refiner"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit a {cfg['model']!r} model with {n} labels "
+                        f"({str(e).splitlines()[0][:200]})") from None
     return CXRClassifier(backbone, refiner).to(device).eval()
 
 

@@ -31,6 +31,27 @@ def synth_shards(synth_data, tmp_path_factory) -> Path:
     return out
 
 
+FAST = ["--model", "test_resnet", "--no-pretrained", "--img_size", "48", "--batch_size", "8", "--num_workers", "0",
+        "--no-progress", "--device", "cpu"]
+
+
+def train_pil(data: Path, out: Path, *extra: str) -> int:
+    """cxr-train in-process on the synthetic set: PIL pipeline, 2 folds, a tiny timm model at 48 px."""
+    from cxr_fast.cli import train as train_cli
+
+    return train_cli.main(["--train_csv", str(data / "train.csv"), "--train_dir", str(data / "train"),
+                           "--test_dir", str(data / "test"), "--pipeline", "pil", "--folds", "2",
+                           "--out_dir", str(out), "--out_csv", str(out / "submission.csv"), *FAST, *extra])
+
+
+@pytest.fixture(scope="session")
+def pil_run(synth_data, tmp_path_factory) -> tuple[Path, Path]:
+    """One finished 2-fold x 2-epoch PIL run: (data folder, out_dir)."""
+    out = tmp_path_factory.mktemp("pil_run")
+    assert train_pil(synth_data, out, "--epochs", "2", "--lr", "1e-3", "--ema_decay", "0.9") == 0
+    return synth_data, out
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
     for item in items:

@@ -234,6 +234,11 @@ def test_losses_finite_for_fp16_extremes(loss_fn):
     loss = loss_fn(z, targets)
     loss.backward()
     assert torch.isfinite(loss) and torch.all(torch.isfinite(lin.weight.grad))
+    # computed in float32: fp16 logits give the loss of the same values in float32, to float32 precision
+    torch.manual_seed(0)
+    z16 = (torch.randn(8, 3) * 3).half()
+    t = (torch.rand(8, 3) < 0.3).float()
+    assert loss_fn(z16, t).item() == pytest.approx(loss_fn(z16.float(), t).item(), rel=1e-6)
 
 
 def test_masked_bce_matches_torch_with_pos_weight():

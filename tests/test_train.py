@@ -15,21 +15,7 @@ from cxr_fast.cli import predict as predict_cli
 from cxr_fast.cli import train as train_cli
 from cxr_fast.data.table import CHEXPERT_LABELS
 
-FAST = ["--model", "test_resnet", "--no-pretrained", "--img_size", "48", "--batch_size", "8", "--num_workers", "0",
-        "--no-progress", "--device", "cpu"]
-
-
-def _train(data, out, *extra):
-    return train_cli.main(["--train_csv", str(data / "train.csv"), "--train_dir", str(data / "train"),
-                           "--test_dir", str(data / "test"), "--pipeline", "pil", "--folds", "2",
-                           "--out_dir", str(out), "--out_csv", str(out / "submission.csv"), *FAST, *extra])
-
-
-@pytest.fixture(scope="module")
-def pil_run(synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pil_run")
-    assert _train(synth_data, out, "--epochs", "2", "--lr", "1e-3", "--ema_decay", "0.9") == 0
-    return synth_data, out
+from .conftest import train_pil as _train
 
 
 def test_outputs_and_checkpoint_keys(pil_run):

@@ -137,6 +137,10 @@ def split_shards(root: str | Path, manifest: dict, split: str) -> list[tuple[Pat
             if not p.is_file():
                 raise UserError(f"{p}: shard file listed in the manifest is missing (check with: cxr-shard verify "
                                 f"{root})")
+        # A cheap check on every start (full checksums are `cxr-shard verify`'s job): a truncated or grown tar.
+        if "bytes" in s and tar.stat().st_size != int(s["bytes"]):
+            raise UserError(f"{tar}: {tar.stat().st_size} bytes, the manifest says {s['bytes']}: the shard was "
+                            f"truncated or altered after writing (check with: cxr-shard verify {root})")
         out.append((tar, idx))
     return out
 

@@ -64,11 +64,21 @@ def from_csv(train_csv, train_dir, test_dir, *, image_col, labels, uncertain, mi
     train_dir = Path(train_dir)
     if not train_dir.is_dir():
         raise UserError(f"{train_dir}: training image directory not found")
+    _check_files_exist(train_dir, table.names, what=f"{train_csv} lists")
     fold, method = make_folds(table.labels, folds, seed, table.groups)
     return RunData(label_names=table.label_names, names=table.names, labels=table.labels, folds=fold,
                    n_folds=folds, split_method=method, train_dir=train_dir,
                    test_names=list_test_images(test_dir) if test_dir else None,
                    test_dir=Path(test_dir) if test_dir else None)
+
+
+def _check_files_exist(folder: Path, names: list[str], what: str) -> None:
+    """Missing or empty image files are found before training starts (undecodable ones when first read)."""
+    bad = [n for n in names if not (folder / n).is_file() or (folder / n).stat().st_size == 0]
+    if bad:
+        shown = ", ".join(repr(n) for n in bad[:5])
+        raise UserError(f"{what} {len(bad)} image(s) missing or empty under {folder}: {shown}"
+                        f"{' ...' if len(bad) > 5 else ''}")
 
 
 def from_shards(root, labels: list[str] | None = None, test_dir=None) -> RunData:

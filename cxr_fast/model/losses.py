@@ -20,7 +20,7 @@ def _known(targets: torch.Tensor, label_smooth: float) -> tuple[torch.Tensor, to
     """(mask of known targets, targets with NaN -> 0 and label smoothing y*(1-eps) + eps/2 applied), float32."""
     targets = targets.float()
     known = ~torch.isnan(targets)
-    y = torch.where(known, targets, torch.zeros_like(targets))
+    y = targets
     if label_smooth > 0:
         y = y * (1.0 - label_smooth) + label_smooth / 2.0
     return known, y

@@ -1,0 +1,138 @@
+"""Bad input across cxr-train / cxr-predict / cxr-couplings: one clear line, exit code 2, no traceback.
+(CSV problems: test_table.py; image files: test_images.py; shard writing and verify: test_shards.py;
+kill -9 and resume: test_resume.py.)"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cxr_fast.cli import couplings as couplings_cli
+from cxr_fast.cli import predict as predict_cli
+from cxr_fast.cli import train as train_cli
+
+from .conftest import FAST
+
+
+def _exit2(capsys, fn, argv, needle):
+    with pytest.raises(SystemExit) as e:
+        fn(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    return err[0]
+
+
+def _predict(ckpts, test_dir, out):
+    return ["--checkpoints", *map(str, ckpts), "--test_dir", str(test_dir), "--out_csv", str(out),
+            "--num_workers", "0", "--no-progress", "--device", "cpu"]
+
+
+def test_predict_refuses_mixed_label_sets(pil_run, tmp_path, capsys):
+    data, out = pil_run
+    ck = torch.load(out / "test_resnet_fold2.pth", weights_only=True)
+    ck["labels"] = list(reversed(ck["labels"]))
+    torch.save(ck, tmp_path / "other.pth")
+    _exit2(capsys, predict_cli.main, _predict([out / "test_resnet_fold1.pth", tmp_path / "other.pth"], data / "test",
+                                              tmp_path / "s.csv"), "labels")
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_predict_refuses_checkpoint_of_another_model(pil_run, tmp_path, capsys):
+    data, out = pil_run
+    ck = torch.load(out / "test_resnet_fold1.pth", weights_only=True)
+    ck["config"]["model"] = "test_efficientnet"
+    torch.save(ck, tmp_path / "wrong_model.pth")
+    _exit2(capsys, predict_cli.main, _predict([tmp_path / "wrong_model.pth"], data / "test", tmp_path / "s.csv"),
+           "do not fit")
+
+
+def test_checkpoint_needing_pickle_is_refused(pil_run, tmp_path, capsys):
+    data, _ = pil_run
+    torch.save({"model": argparse.Namespace(a=1)}, tmp_path / "evil.pth")
+    _exit2(capsys, predict_cli.main, _predict([tmp_path / "evil.pth"], data / "test", tmp_path / "s.csv"),
+           "refused")
+    _exit2(capsys, couplings_cli.main, [str(tmp_path / "evil.pth")], "refused")
+
+
+def test_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "x.pth").write_bytes(b"definitely not a checkpoint")
+    _exit2(capsys, couplings_cli.main, [str(tmp_path / "x.pth")], "x.pth")
+
+
+def test_predict_empty_test_dir(pil_run, tmp_path, capsys):
+    _, out = pil_run
+    (tmp_path / "empty").mkdir()
+    _exit2(capsys, predict_cli.main, _predict([out / "test_resnet_fold1.pth"], tmp_path / "empty",
+                                              tmp_path / "s.csv"), "no png/jpg/jpeg images")
+
+
+def test_predict_glob_matching_nothing(tmp_path, capsys):
+    _exit2(capsys, predict_cli.main, _predict([tmp_path / "nothing_*.pth"], tmp_path, tmp_path / "s.csv"),
+           "not found")
+
+
+def _train_shards(shards, out, *extra):
+    return ["--shards", str(shards), "--pipeline", "pil", "--out_dir", str(out), "--epochs", "1", *FAST, *extra]
+
+
+def test_train_shards_without_manifest(synth_shards, tmp_path, capsys):
+    broken = tmp_path / "shards"
+    shutil.copytree(synth_shards, broken)
+    (broken / "manifest.json").unlink()
+    _exit2(capsys, train_cli.main, _train_shards(broken, tmp_path / "o"), "manifest.json")
+
+
+def test_train_shards_other_version(synth_shards, tmp_path, capsys):
+    broken = tmp_path / "shards"
+    shutil.copytree(synth_shards, broken)
+    m = json.loads((broken / "manifest.json").read_text())
+    m["version"] = 99
+    (broken / "manifest.json").write_text(json.dumps(m))
+    _exit2(capsys, train_cli.main, _train_shards(broken, tmp_path / "o"), "version 99")
+
+
+def test_train_shards_labels_differ(synth_shards, tmp_path, capsys):
+    _exit2(capsys, train_cli.main, _train_shards(synth_shards, tmp_path / "o", "--labels", "Edema,Cardiomegaly"),
+           "--labels")
+
+
+def test_truncated_shard_caught_by_reader(synth_shards, tmp_path, capsys):
+    broken = tmp_path / "shards"
+    shutil.copytree(synth_shards, broken)
+    tar = sorted(broken.glob("fold2-*.tar"))[0]
+    tar.write_bytes(tar.read_bytes()[:-2048])
+    msg = _exit2(capsys, train_cli.main, _train_shards(broken, tmp_path / "o"), tar.name)
+    assert "truncated or altered" in msg
+
+
+def test_missing_image_found_before_training(synth_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    (data / "train" / "00007.png").unlink()
+    argv = ["--train_csv", str(data / "train.csv"), "--train_dir", str(data / "train"), "--pipeline", "pil",
+            "--out_dir", str(tmp_path / "o"), "--folds", "2", "--epochs", "1", *FAST]
+    _exit2(capsys, train_cli.main, argv, "00007.png")
+    assert not (tmp_path / "o" / "last.pth").exists()
+
+
+def test_corrupt_image_in_a_worker_is_one_line(synth_data, tmp_path):
+    """An undecodable file met by a DataLoader worker process still ends as one line naming it, exit 2."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    (data / "train" / "00003.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 50)
+    cmd = [sys.executable, "-m", "cxr_fast.train", "--train_csv", str(data / "train.csv"), "--train_dir",
+           str(data / "train"), "--pipeline", "pil", "--out_dir", str(tmp_path / "o"), "--folds", "2",
+           "--epochs", "1", "--model", "test_resnet", "--no-pretrained", "--img_size", "32", "--batch_size", "8",
+           "--num_workers", "2", "--no-progress", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    err = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert err[-1].startswith("error: ") and "00003.png" in err[-1] and "cannot decode" in err[-1]
+    assert "Traceback" not in r.stderr
