@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -242,7 +242,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
             good += 1
         if bad:  # the schedule advances on a skipped step too; torch warns if no optimiser step happened yet
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
                 scheduler.step()
         else:
             scheduler.step()

@@ -18,8 +18,7 @@ from PIL import Image
 pytest.importorskip("nvidia.dali")
 
 from cxr_fast.data.augment import AugmentSpec
-from cxr_fast.data.shard_writer import write_shards
-from cxr_fast.data.shards import load_manifest, sample_set
+from cxr_fast.data.shards import load_manifest, sample_set, write_shards
 from cxr_fast.errors import UserError
 from cxr_fast.pipelines import SampleSet
 from cxr_fast.pipelines.dali import build_dali_loader

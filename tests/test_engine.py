@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cxr_fast import engine
-from cxr_fast.engine import (Amp, build_optimizer, build_scheduler, evaluate, normalize, predict, train_one_epoch)
+from cxr_fast.engine import Amp, build_optimizer, build_scheduler, evaluate, normalize, predict, train_one_epoch
 from cxr_fast.model import CXRClassifier
 from cxr_fast.model.backbone import create_backbone
 from cxr_fast.model.ema import ModelEma

@@ -17,7 +17,7 @@ from cxr_fast.model import CXRClassifier, unwrap
 from cxr_fast.model import backbone as backbone_mod
 from cxr_fast.model.backbone import create_backbone
 from cxr_fast.model.ema import ModelEma
-from cxr_fast.model.losses import (AsymmetricLoss, MaskedBCEWithLogits, build_loss, pos_weight_from_labels)
+from cxr_fast.model.losses import AsymmetricLoss, MaskedBCEWithLogits, build_loss, pos_weight_from_labels
 from cxr_fast.model.refiner import LabelGraphRefiner
 
 C = 4
@@ -192,6 +192,16 @@ def test_asl_matches_hand_computation():
     assert AsymmetricLoss()(logits, targets).item() == pytest.approx(expected, rel=1e-5)
     # spot check one term: -log(sigmoid(2)) = 0.126928
     assert _asl_by_hand(2.0, 1) == pytest.approx(0.126928, abs=1e-6)
+    # gradients: the focal weight is a constant for backprop, as in the official training script
+    x = torch.tensor([[2.0, -1.0, 0.5]], requires_grad=True)
+    AsymmetricLoss()(x, torch.tensor([[1.0, 0.0, 0.0]])).backward()
+    p = torch.sigmoid(x.detach())[0]
+    pm = p[1:] - 0.05
+    expected_grad = torch.cat([p[:1] - 1, pm ** 4 * p[1:] * (1 - p[1:]) / (1 - pm)])  # d/dz of -w log(1 - p_m)
+    torch.testing.assert_close(x.grad[0], expected_grad)
+    x.grad = None
+    AsymmetricLoss(focal_grad=True)(x, torch.tensor([[1.0, 0.0, 0.0]])).backward()
+    assert x.grad[0, 1] > 1.5 * expected_grad[1]  # the weight's own derivative adds to the push on negatives
     # a negative below the clip margin costs nothing
     assert AsymmetricLoss()(torch.tensor([[-4.0]]), torch.tensor([[0.0]])).item() == 0.0
 
@@ -313,7 +323,7 @@ def test_macro_auc_skips_single_class_labels_and_nan_targets():
 
 def test_macro_auc_all_skipped_is_nan_and_refuses_non_finite():
     y = np.ones((5, 2))
-    macro, per, skipped = macro_auc(y, np.full((5, 2), 0.5), ["a", "b"])
+    macro, _, skipped = macro_auc(y, np.full((5, 2), 0.5), ["a", "b"])
     assert math.isnan(macro) and skipped == ["a", "b"]
     y = np.array([[0, 1], [1, 0], [0, 1], [1, 0]], dtype=float)
     p = np.array([[0.1, 0.9], [np.nan, 0.2], [0.2, 0.8], [0.7, 0.1]])
@@ -332,6 +342,8 @@ def test_create_backbone_random_init():
 def test_create_backbone_unknown_name():
     with pytest.raises(UserError, match="--model 'test_resnett'.*test_resnet"):
         create_backbone("test_resnett", 3, pretrained=False)
+    with pytest.raises(UserError, match="--model 'test_resnet.bogus'"):
+        create_backbone("test_resnet.bogus", 3, pretrained=False)
 
 
 def test_create_backbone_pretrained_offline(monkeypatch):
@@ -381,7 +393,8 @@ def test_create_backbone_loads_grey_safetensors_and_fold_checkpoints(tmp_path):
     m3 = create_backbone("test_efficientnet", 5, in_chans=3, weights=tmp_path / "w.safetensors")
     assert m3.conv_stem.weight.shape[1] == 3
     # a cxr_fast fold checkpoint: {"model": backbone state_dict, "refiner": {...}}
-    torch.save({"model": sd, "refiner": {"A": torch.zeros(5, 5)}}, tmp_path / "fold1.pth")
+    torch.save({"model": {f"module.{k}": v for k, v in sd.items()}, "refiner": {"A": torch.zeros(5, 5)},
+                "labels": ["a", "b"], "epoch": 3}, tmp_path / "fold1.pth")
     m1 = create_backbone("test_efficientnet", 5, in_chans=1, weights=tmp_path / "fold1.pth")
     assert all(torch.equal(v, sd[k]) for k, v in m1.state_dict().items() if not k.startswith("classifier"))
 

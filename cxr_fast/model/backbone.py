@@ -17,8 +17,20 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
 
 
+def _cfg_value(name: str, key: str):
+    try:
+        return timm.models.get_pretrained_cfg_value(name, key)
+    except RuntimeError:  # an architecture registered without any pretrained cfg
+        return None
+
+
 def _check_name(name: str) -> None:
     if timm.is_model(name):
+        if "." in name:  # "arch.tag": the tag must exist too
+            try:
+                timm.models.get_pretrained_cfg(name, allow_unregistered=False)
+            except RuntimeError as e:
+                raise UserError(f"--model {name!r}: {_first_line(e)}") from e
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
@@ -26,16 +38,26 @@ def _check_name(name: str) -> None:
 
 
 def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A backbone state_dict from .pth/.pt/.bin (torch.load weights_only) or .safetensors. A checkpoint dict is
-    unwrapped the way timm does ("state_dict_ema", "model_ema", "state_dict", "model" — so a cxr_fast fold
+    """A backbone state_dict from .safetensors, or .pth/.pt/.bin through torch.load(weights_only=True). A checkpoint
+    dict is unwrapped the way timm does ("state_dict_ema", "model_ema", "state_dict", "model", so a cxr_fast fold
     checkpoint works too) and DDP "module." prefixes are stripped."""
     try:
-        sd = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            ckpt = load_file(str(path), device="cpu")
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / safetensors / zip errors all mean the same thing to the user
         raise UserError(f"--weights {path}: cannot read a state dict ({_first_line(e)})") from e
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if isinstance(ckpt, dict):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if isinstance(ckpt.get(key), dict):
+                ckpt = ckpt[key]
+                break
+    if not isinstance(ckpt, dict) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise UserError(f"--weights {path}: not a state dict of tensors")
-    return dict(sd)
+    return {k.removeprefix("module."): v for k, v in ckpt.items()}
 
 
 def create_backbone(name: str, num_classes: int, in_chans: int = 1, pretrained: bool = True,
@@ -49,21 +71,21 @@ def create_backbone(name: str, num_classes: int, in_chans: int = 1, pretrained: 
     _check_name(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    kwargs = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise UserError(f"--weights {path}: no such file")
         sd = _load_weights_file(path)
         file_keys = set(sd)
-        overlay: dict = dict(state_dict=sd)
+        overlay: dict = {"state_dict": sd}
         # timm adapts the first conv from pretrained_cfg.input_size[0] channels; tell it what the file really has
-        first_convs = timm.models.get_pretrained_cfg_value(name, "first_conv") or ()
+        first_convs = _cfg_value(name, "first_conv") or ()
         first_convs = (first_convs,) if isinstance(first_convs, str) else tuple(first_convs)
         for conv in first_convs:
             w = sd.get(conv + ".weight")
             if w is not None and w.ndim == 4:
-                size = timm.models.get_pretrained_cfg_value(name, "input_size") or (3, 224, 224)
+                size = _cfg_value(name, "input_size") or (3, 224, 224)
                 overlay["input_size"] = (int(w.shape[1]), *tuple(size)[1:])
                 break
         try:
@@ -117,5 +139,5 @@ def _filtered_keys(model: nn.Module, path: Path) -> set[str]:
         return set()
     try:
         return set(filter_fn(_load_weights_file(path), model))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a filter that cannot handle the file just means no remapped keys
         return set()

@@ -20,7 +20,7 @@ def _known(targets: torch.Tensor, label_smooth: float) -> tuple[torch.Tensor, to
     """(mask of known targets, targets with NaN -> 0 and label smoothing y*(1-eps) + eps/2 applied), float32."""
     targets = targets.float()
     known = ~torch.isnan(targets)
-    y = targets
+    y = torch.where(known, targets, torch.zeros_like(targets))
     if label_smooth > 0:
         y = y * (1.0 - label_smooth) + label_smooth / 2.0
     return known, y
@@ -41,14 +41,16 @@ class AsymmetricLoss(nn.Module):
     1e-8 clamp rounds to 0 and 0 * log(0) gives NaN, seed NOTES item 5); log(p) is `logsigmoid` (exact, and it keeps
     a gradient for a confidently wrong positive, which the eps clamp zeroes); with clip = 0 the negative term is
     `logsigmoid(-x)`. `eps` only floors the shifted negative probability (which is >= clip anyway when clip > 0).
-    The focal weights keep their gradient (the official `disable_torch_grad_focal_loss=False`).
+    As in the official training script (`disable_torch_grad_focal_loss=True`), the focal weights are constants for
+    backprop; `focal_grad=True` differentiates through them too.
     """
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8,
-                 label_smooth: float = 0.0):
+                 label_smooth: float = 0.0, focal_grad: bool = False):
         super().__init__()
         self.gamma_neg, self.gamma_pos, self.clip, self.eps = float(gamma_neg), float(gamma_pos), float(clip), eps
         self.label_smooth = float(label_smooth)
+        self.focal_grad = focal_grad
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x = logits.float()  # (B, C)
@@ -65,7 +67,8 @@ class AsymmetricLoss(nn.Module):
         if self.gamma_neg > 0 or self.gamma_pos > 0:
             pt = p * y + q * (1.0 - y)
             gamma = self.gamma_pos * y + self.gamma_neg * (1.0 - y)
-            loss = loss * torch.pow(1.0 - pt, gamma)
+            w = torch.pow(1.0 - pt, gamma)
+            loss = loss * (w if self.focal_grad else w.detach())
         return _reduce(-loss, known)
 
     def extra_repr(self) -> str:
