@@ -237,7 +237,7 @@ def test_training_learns_and_makes_couplings_sparse_where_labels_cooccur():
 def test_without_the_l1_prox_couplings_stay_dense():
     images, labels = toy_data()
     model = toy_model()
-    stats = _train(model, TensorLoader(images, labels, batch_size=32, shuffle=True), epochs=4, refiner_l1=0.0)
+    stats = _train(model, TensorLoader(images, labels, batch_size=32, shuffle=True), epochs=2, refiner_l1=0.0)
     assert stats[-1]["refiner_sparsity"] == 0.0
 
 
