@@ -124,15 +124,18 @@ def markdown(res: dict) -> str:
     e2e = res.get("end_to_end")
     if e2e:
         lines += ["", f"End to end: `train_one_epoch` with {e2e['model']} ({e2e['params'] / 1e6:.1f} M params, "
-                  f"pretrained=False) at {e2e['img_size']} px on {e2e['device']}, one epoch of "
-                  f"{e2e['images_per_epoch']} images per repeat:", "",
-                  "| training fed by | img/s | min-max | % of bound | data wait |", "|---|---:|---:|---:|---:|"]
+                  f"pretrained=False, {e2e['amp']}) at {e2e['img_size']} px on {e2e['device']}, one epoch of "
+                  f"{e2e['images_per_epoch']} images per repeat; steady state (first {c['skip_batches']} batches "
+                  "left out) and whole epoch (with the pipeline's start-up):", "",
+                  "| training fed by | img/s | min-max | % of bound | data wait | whole epoch img/s | data wait |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         bound = e2e["rows"]["bound"]["img_per_s"]["median"]
         for name, r in e2e["rows"].items():
             s = r["img_per_s"]
             lines.append(f"| {name if name != 'bound' else 'fixed tensors (bound)'} | {s['median']:.1f} | "
                          f"{s['min']:.1f}-{s['max']:.1f} | {100 * s['median'] / bound:.0f}% | "
-                         f"{100 * r['data_wait_frac']['median']:.0f}% |")
+                         f"{100 * r['data_wait_frac']['median']:.0f}% | {r['epoch_img_per_s']['median']:.1f} | "
+                         f"{100 * r['epoch_data_wait_frac']['median']:.0f}% |")
     p = res.get("packing")
     if p:
         lines += ["", f"Shard packing (`write_shards`, {p['workers']} workers, {res['data']['source_format']} -> "

@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", help="end-to-end timm model (default tf_efficientnet_b4_ns on CUDA, resnet18 on CPU; "
                                    "'none' skips the end-to-end rows)")
     p.add_argument("--e2e_img_size", type=int, help="image size for the end-to-end rows (default: --img_size on "
-                                                    "CUDA, 128 on CPU)")
+                                                    "CUDA, 64 on CPU)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--name", help="output file stem (default <machine>-<date>)")
     p.add_argument("--cache", type=Path, default=HERE / ".cache", help="synthetic data and shards are kept here")
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace, log=print) -> tuple[dict, dict]:
     B, W = args.batch_size, args.workers
     if len(bd.all_folds) < B:
         raise UserError(f"{len(bd.all_folds)} images do not fill one batch of --batch_size {B}")
-    skip = max(2, W)  # >= DALI's prefetch depth (2) and the DataLoader's simultaneous first batches (one per worker)
+    skip = skip_batches(W)
     res["config"] = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                      "pipelines": names, "device": str(device), "skip_batches": skip}
 
@@ -128,6 +128,12 @@ def run(args: argparse.Namespace, log=print) -> tuple[dict, dict]:
     return res, bench_report.write(res, Path(args.out), args.name)
 
 
+def skip_batches(workers: int) -> int:
+    """Batches left out of the steady-state window: >= DALI's prefetch depth (2) and the DataLoader's simultaneous
+    first batches (one per worker)."""
+    return max(2, workers)
+
+
 def bench_train_default(device: torch.device) -> str:
     from bench_train import DEFAULT_MODEL
 
@@ -137,7 +143,7 @@ def bench_train_default(device: torch.device) -> str:
 def end_to_end(args, bd: bench_data.BenchData, model: str, names: list[str], device: torch.device, log) -> dict:
     import bench_train
 
-    size = args.e2e_img_size or (args.img_size if device.type == "cuda" else 128)
+    size = args.e2e_img_size or (args.img_size if device.type == "cuda" else 64)
     B, W = args.batch_size, args.workers
     n_batches = len(bd.fold1) // B
     if n_batches == 0:
@@ -149,7 +155,8 @@ def end_to_end(args, bd: bench_data.BenchData, model: str, names: list[str], dev
     fixed = bench_train.fixed_batch(bd.fold1.labels, B, size, device)
     builders["bound"] = lambda: bench_loaders.FixedBatches(fixed, n_batches)
     log(f"end-to-end rows: {model} at {size} px on {device}, {n_batches * B} images per epoch: {', '.join(builders)}")
-    rows = bench_timing.train_rows(builders, args.repeats, step, args.settle, log)
+    step(bench_loaders.FixedBatches(fixed, 2))  # model warm-up: allocations, kernels, optimizer state
+    rows = bench_timing.train_rows(builders, args.repeats, step, skip_batches(W), device, args.settle, log)
     bound = rows["bound"]["img_per_s"]["median"]
     for r in rows.values():
         r["fraction_of_bound"] = r["img_per_s"]["median"] / bound

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_fast.data.table import read_csv_text
 from cxr_fast.errors import UserError
 
 IMAGE_COL = "Image_name"
@@ -31,14 +32,7 @@ class Converted:
 
 def read_source_csv(path: Path, required: list[str], what: str) -> pd.DataFrame:
     """Read a dataset's own CSV as text (blank = ''), checking the columns we need are there."""
-    if not path.is_file():
-        raise UserError(f"{path}: {what} CSV not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: the CSV is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a readable UTF-8 CSV ({str(e).splitlines()[0]})") from None
+    df = read_csv_text(path, what=f"{what} CSV")
     df.columns = [str(c).strip() for c in df.columns]
     absent = [c for c in required if c not in df.columns]
     if absent:

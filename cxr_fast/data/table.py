@@ -101,6 +101,20 @@ def _is_label_column(col: pd.Series) -> bool:
     return bool(vals[present].isin([0.0, 1.0, -1.0]).all())
 
 
+def read_csv_text(path: str | Path, what: str = "CSV") -> pd.DataFrame:
+    """Read a CSV with every cell as text (blank = ''): we decide what is numeric, and image names keep their exact
+    spelling. A UTF-8 byte-order mark is accepted. UserError if the file is missing, empty or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} file not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: the CSV is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable UTF-8 CSV ({str(e).splitlines()[0]})") from None
+
+
 def read_table(
     csv_path: str | Path,
     image_col: str = "Image_name",
@@ -115,15 +129,7 @@ def read_table(
         raise UserError(f"--uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
     if missing not in MISSING_POLICIES:
         raise UserError(f"--missing must be one of {MISSING_POLICIES}, got {missing!r}")
-    if not csv_path.is_file():
-        raise UserError(f"{csv_path}: CSV file not found")
-    try:
-        # Everything as text first: we decide what is numeric, and image names keep their exact spelling.
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{csv_path}: the CSV is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise UserError(f"{csv_path}: not a readable UTF-8 CSV ({str(e).splitlines()[0]})") from None
+    df = read_csv_text(csv_path)
     dup_cols = _duplicate_columns(csv_path)
     if dup_cols:
         raise UserError(f"{csv_path}: the header names column(s) {', '.join(map(repr, dup_cols))} more than once")
