@@ -1,7 +1,7 @@
 """The benchmark's data: a cached cxr-synth set (or the user's --data), its shards, the sample lists, packing speed.
 
-Every loader reads the same images: the shards' training rows (all folds) for the loader rows, fold1 for the
-end-to-end rows; `pil-files` reads the original files behind exactly those rows (samples.csv `name`).
+Every row reads the same images, the shards' training rows (all folds); `pil-files` reads the original files behind
+exactly those rows (samples.csv `name`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cxr_fast.data.synth import generate
 from cxr_fast.errors import UserError
 from cxr_fast.pipelines import SampleSet
 
-FOLDS = 2  # fold1 = the end-to-end rows' epoch; all folds = the loader rows' epoch
+FOLDS = 2  # the minimum cxr-shard accepts; every row reads all folds
 SEED = 0
 
 
@@ -27,7 +27,6 @@ class BenchData:
     source: Path          # folder with train.csv + train/
     shards: Path          # cxr-shard output (JPEG at --shard_size)
     all_folds: SampleSet  # shards, every training fold
-    fold1: SampleSet      # shards, fold1 only
     info: dict            # what the JSON records about the data
 
     def files(self, samples: SampleSet) -> SampleSet:
@@ -40,8 +39,8 @@ class BenchData:
 
 
 def _shard_args(shard_size: int, workers: int) -> dict:
-    return dict(folds=FOLDS, seed=SEED, resize=shard_size, image_format="jpg", quality=95, workers=workers,
-                progress=False, log=None)
+    return {"folds": FOLDS, "seed": SEED, "resize": shard_size, "image_format": "jpg", "quality": 95,
+            "workers": workers, "progress": False, "log": None}
 
 
 def prepare(cache: Path, *, data: Path | None, synthetic: int, source_size: int, shard_size: int,
@@ -73,16 +72,15 @@ def prepare(cache: Path, *, data: Path | None, synthetic: int, source_size: int,
                             **_shard_args(shard_size, workers))
     folds = [f"fold{k}" for k in range(1, FOLDS + 1)]
     all_folds = sample_set(shards, manifest, folds)
-    fold1 = sample_set(shards, manifest, ["fold1"])
     src_files = sorted((source / "train").iterdir())
     info = {"kind": kind, "source": str(source), "shards": str(shards), "images": len(all_folds),
-            "fold1_images": len(fold1), "source_size": source_size if kind == "cxr-synth" else None,
+            "source_size": source_size if kind == "cxr-synth" else None,
             "source_format": src_files[0].suffix.lstrip(".").lower() if src_files else None,
             "source_bytes_mean": sum(p.stat().st_size for p in src_files) / max(1, len(src_files)),
             "shard_size": shard_size, "shard_format": "jpg", "shard_quality": 95,
             "shard_bytes_mean": sum(s["bytes"] for s in manifest["shards"]) / max(1, len(all_folds)),
             "labels": len(manifest["labels"])}
-    return BenchData(source=source, shards=shards, all_folds=all_folds, fold1=fold1, info=info)
+    return BenchData(source=source, shards=shards, all_folds=all_folds, info=info)
 
 
 def time_packing(bd: BenchData, shard_size: int, workers: int) -> dict:

@@ -3,7 +3,10 @@
 `pil-files` is the original project's input path, written here because it is not part of the package: PIL opens the
 PNG, converts to RGB, torchvision's RandomResizedCrop(scale 0.84-1) + RandomRotation(10) + RandomHorizontalFlip +
 ToTensor + Normalize run in the DataLoader workers, and 3-channel float32 batches leave them.
-`decode-ceiling` is DALI's reader + CPU decoder alone over the shard bytes: the cost floor of any shard pipeline.
+`dali-cpu-exact` is the DALI pipeline on the CPU with `fused_warp=False`: linear antialiased resize, then the nearest
+warp for rotation + flip - the interpolation `pil-shards` uses (the default CPU graph maps the crop with ONE nearest
+warp instead). `decode-ceiling` is DALI's reader + CPU decoder alone over the shard bytes: the cost floor of any shard
+pipeline.
 `FixedBatches` repeats one batch already on the device (nanoGPT's bench.py): the data-free training bound.
 """
 
@@ -16,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from cxr_fast.data.augment import AugmentSpec
 from cxr_fast.pipelines import SampleSet
 
-LOADER_ROWS = ("pil-files", "pil-shards", "dali-cpu", "dali-gpu", "decode-ceiling")
-TRAIN_ROWS = ("pil-files", "pil-shards", "dali-cpu", "dali-gpu")  # the ones that can feed a training step
+LOADER_ROWS = ("pil-files", "pil-shards", "dali-cpu", "dali-cpu-exact", "dali-gpu", "decode-ceiling")
+TRAIN_ROWS = ("pil-files", "pil-shards", "dali-cpu", "dali-gpu")  # run end to end (dali-cpu-exact: loader only)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -141,11 +144,12 @@ def build(name: str, files: SampleSet, shards: SampleSet, img_size: int, batch_s
         from cxr_fast.pipelines.pil import build_pil_loader
 
         return build_pil_loader(shards, spec, batch_size, device, num_workers=workers, seed=seed)
-    if name in ("dali-cpu", "dali-gpu"):
+    if name in ("dali-cpu", "dali-cpu-exact", "dali-gpu"):
         from cxr_fast.pipelines.dali import build_dali_loader
 
-        loader = build_dali_loader(shards, spec, batch_size, cpu if name == "dali-cpu" else device,
-                                   num_workers=workers, seed=seed)
+        exact = {"fused_warp": False} if name == "dali-cpu-exact" else {}
+        loader = build_dali_loader(shards, spec, batch_size, device if name == "dali-gpu" else cpu,
+                                   num_workers=workers, seed=seed, **exact)
         return ToDevice(loader, device) if name == "dali-cpu" and device.type != "cpu" and to_device else loader
     if name == "decode-ceiling":
         return DecodeCeiling(shards, batch_size, workers, seed)

@@ -22,11 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_* helpers beside this file
 
-import bench_data  # noqa: E402
-import bench_loaders  # noqa: E402
-import bench_report  # noqa: E402
-import bench_timing  # noqa: E402
-from cxr_fast.errors import UserError, cli_entry  # noqa: E402
+import bench_data
+import bench_loaders
+import bench_report
+import bench_timing
+
+from cxr_fast.errors import UserError, cli_entry
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,10 +57,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--breakdown_images", type=int, default=64, help="images for the per-stage profile (0 = skip)")
     p.add_argument("--no_packing", action="store_true", help="skip the write_shards throughput row")
     p.add_argument("--notes", type=Path, help="a text file of analysis to record in the results")
+    p.add_argument("--render", type=Path, help="only rewrite this results JSON's .md/.png (with --notes, if given)")
     args = p.parse_args(argv)
     for flag in ("source_size", "shard_size", "img_size", "batch_size", "workers", "repeats"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("notes", "render"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise UserError(f"--{flag} {path}: no such file")
     return args
 
 
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace, log=print) -> tuple[dict, dict]:
     bd = bench_data.prepare(args.cache, data=args.data, synthetic=args.synthetic, source_size=args.source_size,
                             shard_size=args.shard_size, workers=args.workers, log=log)
     res["data"] = bd.info
+    res["machine"]["load_avg_start"] = list(os.getloadavg())  # as the measurements start (after any data build)
     B, W = args.batch_size, args.workers
     if len(bd.all_folds) < B:
         raise UserError(f"{len(bd.all_folds)} images do not fill one batch of --batch_size {B}")
@@ -107,10 +114,10 @@ def run(args: argparse.Namespace, log=print) -> tuple[dict, dict]:
     builders = {n: (lambda n=n: bench_loaders.build(n, files_all, bd.all_folds, args.img_size, B, W, device))
                 for n in names}
     res["loader"] = bench_timing.loader_rows(builders, args.repeats, skip, device, args.settle, log)
-    for n, r in res["loader"].items():
+    for r in res["loader"].values():
         r["expected_per_epoch"] = (len(bd.all_folds) // B) * B
 
-    model = args.model or bench_train_default(device)
+    model = args.model or default_model(device)
     train_names = [n for n in names if n in bench_loaders.TRAIN_ROWS]
     if model.lower() != "none" and train_names:
         res["end_to_end"] = end_to_end(args, bd, model, train_names, device, log)
@@ -119,7 +126,8 @@ def run(args: argparse.Namespace, log=print) -> tuple[dict, dict]:
         log("per-stage profile (one thread) ...")
         import bench_breakdown
 
-        res["breakdown"] = bench_breakdown.breakdown(files_all, bd.all_folds, args.img_size, B, args.breakdown_images)
+        res["breakdown"] = bench_breakdown.breakdown(names, files_all, bd.all_folds, args.img_size, B,
+                                                     args.breakdown_images)
     res["machine"]["load_avg_end"] = list(os.getloadavg())
     res["seconds_total"] = time.perf_counter() - t_all
     res["targets"] = bench_report.evaluate_targets(res)
@@ -134,7 +142,7 @@ def skip_batches(workers: int) -> int:
     return max(2, workers)
 
 
-def bench_train_default(device: torch.device) -> str:
+def default_model(device: torch.device) -> str:
     from bench_train import DEFAULT_MODEL
 
     return DEFAULT_MODEL[device.type if device.type in DEFAULT_MODEL else "cpu"]
@@ -145,14 +153,13 @@ def end_to_end(args, bd: bench_data.BenchData, model: str, names: list[str], dev
 
     size = args.e2e_img_size or (args.img_size if device.type == "cuda" else 64)
     B, W = args.batch_size, args.workers
-    n_batches = len(bd.fold1) // B
-    if n_batches == 0:
-        raise UserError(f"fold1 has {len(bd.fold1)} images, less than one batch of --batch_size {B}")
-    step = bench_train.TrainStep(model, bd.fold1.labels, device)
-    files1 = bd.files(bd.fold1)
-    builders = {n: (lambda n=n: bench_loaders.build(n, files1, bd.fold1, size, B, W, device, to_device=True))
+    samples = bd.all_folds
+    n_batches = len(samples) // B
+    step = bench_train.TrainStep(model, samples.labels, device)
+    files = bd.files(samples)
+    builders = {n: (lambda n=n: bench_loaders.build(n, files, samples, size, B, W, device, to_device=True))
                 for n in names}
-    fixed = bench_train.fixed_batch(bd.fold1.labels, B, size, device)
+    fixed = bench_train.fixed_batch(samples.labels, B, size, device)
     builders["bound"] = lambda: bench_loaders.FixedBatches(fixed, n_batches)
     log(f"end-to-end rows: {model} at {size} px on {device}, {n_batches * B} images per epoch: {', '.join(builders)}")
     step(bench_loaders.FixedBatches(fixed, 2))  # model warm-up: allocations, kernels, optimizer state
@@ -166,15 +173,35 @@ def end_to_end(args, bd: bench_data.BenchData, model: str, names: list[str], dev
             "rows": rows}
 
 
+def rerender(path: Path, notes: Path | None) -> tuple[dict, dict]:
+    """Rewrite a results JSON's .md and .png (and its notes, if given) without measuring anything."""
+    import json
+
+    try:
+        res = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--render {path}: cannot read a results JSON ({e})") from None
+    if res.get("schema_version") != bench_report.SCHEMA_VERSION:
+        raise UserError(f"--render {path}: schema_version {res.get('schema_version')!r}, this script writes "
+                        f"{bench_report.SCHEMA_VERSION}")
+    if notes:
+        res["notes"] = Path(notes).read_text()
+    return res, bench_report.write(res, Path(path).parent, Path(path).stem)
+
+
 @cli_entry
 def main(argv=None) -> int:
     args = parse_args(argv)
-    res, paths = run(args)
+    if args.render:
+        res, paths = rerender(args.render, args.notes)
+    else:
+        res, paths = run(args)
     print()
     print(bench_report.markdown(res))
     print()
     for t in res["targets"]:
-        print(f"target {t['status']:>4}: {t['target']} (ratio {t['ratio'] if t['ratio'] is None else round(t['ratio'], 2)}"
+        ratio = "-" if t["ratio"] is None else f"{t['ratio']:.2f}"
+        print(f"target {t['status']:>4}: {t['target']} (ratio {ratio}"
               f"{'' if t['applies_here'] else ', meant for ' + t['meant_for'] + ' machines'})")
     print(f"\nwrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")
     return 0
