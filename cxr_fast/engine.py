@@ -238,6 +238,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
                     refiner.prox_(_prox_threshold(optimizer, refiner.A, refiner_l1))
                 if ema is not None:
                     ema.update(model, step)
+                    if refiner is not None:
+                        # The averaged A keeps the live A's support: an average over a moving sparsity pattern is
+                        # dense (tiny leftovers everywhere), and the checkpoint stores the EMA's A.
+                        unwrap(ema.module).refiner.A.data.mul_(refiner.A.data != 0)
             loss_sum += loss_val
             good += 1
         if bad:  # the schedule advances on a skipped step too; torch warns if no optimiser step happened yet

@@ -232,6 +232,9 @@ def test_training_learns_and_makes_couplings_sparse_where_labels_cooccur():
         assert np.array_equal(idx, np.arange(256)) and np.array_equal(y, labels.numpy())
         assert np.corrcoef(probs[:, 1], y[:, 1])[0, 1] > 0.8
     assert ema.module.refiner.A[0, 1] > 0.02
+    # the averaged A keeps the live A's support (the checkpoint stores the EMA's A, so it is sparse too)
+    ema_a = ema.module.refiner.A.detach()
+    assert torch.all(ema_a[A == 0] == 0) and (ema_a[off] == 0).float().mean() >= 0.5
 
 
 def test_without_the_l1_prox_couplings_stay_dense():
