@@ -9,7 +9,7 @@ import torch
 
 from cxr_fast.data.synth import generate
 
-TINY = dict(n_train=48, n_test=10, size=96, seed=0)
+TINY = {"n_train": 48, "n_test": 10, "size": 96, "seed": 0}
 
 
 @pytest.fixture(scope="session")

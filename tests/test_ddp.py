@@ -35,7 +35,7 @@ def _torchrun(data, out, pipeline, extra_env=None, shards=None, timeout=300):
            "--master_port", str(_free_port()), "-m", "cxr_fast.train", *src, "--pipeline", pipeline,
            "--out_dir", str(out), "--out_csv", str(out / "submission.csv"), *ARGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
 def check_ddp_outputs(data, out, stdout):

@@ -116,7 +116,7 @@ for i, li in enumerate(labels):
     idx = np.argsort(-np.abs(A[i]))
     print(li, "→", [(labels[j], float(A[i,j])) for j in idx[:5] if j!=i])
 '''
-    exec(compile(snippet, "seed_snippet", "exec"), {})
+    exec(compile(snippet, "seed_snippet", "exec"), {})  # noqa: S102 - the seed README's own code, on purpose
 
 
 def test_couplings_cli(pil_run, tmp_path, capsys):

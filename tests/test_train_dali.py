@@ -51,7 +51,7 @@ def test_dali_training_outputs(dali_run):
 
 
 def test_dali_shards_are_reused(dali_run, capsys):
-    data, out, argv = dali_run
+    _, out, argv = dali_run
     before = {p: p.stat().st_mtime_ns for p in (out / "shards").rglob("*.tar")}
     assert train_cli.main(argv + ["--folds_to_run", "1"]) == 0
     assert "up to date" in capsys.readouterr().out
@@ -111,7 +111,7 @@ def test_dali_kill9_mid_epoch_then_resume(synth_data, synth_shards, tmp_path, tm
                    timeout=600)
     cmd = _cmd(synth_data, tmp_path, "dali", shards=synth_shards)
     _kill_when(cmd, tmp_path, "last.pth", 0.4)
-    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "fold 1: resuming after epoch" in r.stdout
     ref, got = _outputs(ref_dir), _outputs(tmp_path)
