@@ -21,6 +21,24 @@ def synth_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def long_epoch_data(tmp_path_factory) -> Path:
+    """240 training images at 64 px: epochs long enough (~30 steps at batch 4) to kill a run inside one."""
+    out = tmp_path_factory.mktemp("synth_long") / "data"
+    generate(out, n_train=240, n_test=10, size=64, seed=1, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def long_epoch_shards(long_epoch_data, tmp_path_factory) -> Path:
+    from cxr_fast.data.shards import write_shards
+
+    out = tmp_path_factory.mktemp("shards_long") / "synth"
+    write_shards(long_epoch_data / "train.csv", long_epoch_data / "train", out, test_dir=long_epoch_data / "test",
+                 folds=2, seed=42, samples_per_shard=40, workers=1, progress=False, log=None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def synth_shards(synth_data, tmp_path_factory) -> Path:
     """The synthetic dataset sharded into 2 folds (JPEG) with a test split."""
     from cxr_fast.data.shards import write_shards

@@ -31,10 +31,10 @@ def _kill_when(cmd, out, marker: str, extra_delay: float, timeout: float = 240) 
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     t0 = time.time()
     try:
-        while not (out / marker).exists():
+        while not (out / marker).exists():  # polled finely: an epoch here lasts about a second
             assert proc.poll() is None, f"training ended before it could be interrupted: {proc.stderr.read()!r}"
             assert time.time() - t0 < timeout, "timed out waiting for training progress"
-            time.sleep(0.05)
+            time.sleep(0.005)
         time.sleep(extra_delay)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -66,18 +66,19 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(synth_data, tmp_path_factory):
+def reference(long_epoch_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    subprocess.run(_cmd(synth_data, out, "pil"), check=True, capture_output=True, timeout=600)
+    subprocess.run(_cmd(long_epoch_data, out, "pil"), check=True, capture_output=True, timeout=600)
     return _outputs(out)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["between_epochs", "mid_epoch", "second_fold"])
-def test_kill9_then_resume_matches_uninterrupted(synth_data, tmp_path, reference, where):
-    cmd = _cmd(synth_data, tmp_path, "pil")
-    marker, delay = {"between_epochs": ("last.pth", 0.0), "mid_epoch": ("last.pth", 0.6),
-                     "second_fold": ("state/fold1.json", 0.5)}[where]
+def test_kill9_then_resume_matches_uninterrupted(long_epoch_data, tmp_path, reference, where):
+    cmd = _cmd(long_epoch_data, tmp_path, "pil")
+    # "between_epochs": right after epoch 1's last.pth lands; the others well inside an epoch (~1 s each here)
+    marker, delay = {"between_epochs": ("last.pth", 0.0), "mid_epoch": ("last.pth", 0.25),
+                     "second_fold": ("state/fold1.json", 0.25)}[where]
     _kill_when(cmd, tmp_path, marker, delay)
     assert not (tmp_path / "cv_summary.json").exists() and not (tmp_path / "submission.csv").exists()
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, check=False)
@@ -93,5 +94,6 @@ def test_kill9_then_resume_matches_uninterrupted(synth_data, tmp_path, reference
 def test_resume_refuses_changed_settings(synth_data, tmp_path):
     out = tmp_path
     (out / "config.json").write_text(json.dumps({"model": "resnet50"}))
-    r = subprocess.run(_cmd(synth_data, out, "pil") + ["--resume"], capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(_cmd(synth_data, out, "pil") + ["--resume"], capture_output=True, text=True, timeout=300,
+                       check=False)
     assert r.returncode == 2 and "--resume with different settings" in r.stderr and "Traceback" not in r.stderr

@@ -103,14 +103,14 @@ def test_ddp_dali_two_processes(synth_data, synth_shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_dali_kill9_mid_epoch_then_resume(synth_data, synth_shards, tmp_path, tmp_path_factory):
+def test_dali_kill9_mid_epoch_then_resume(long_epoch_data, long_epoch_shards, tmp_path, tmp_path_factory):
     """DALI's shuffle state is not re-derivable from the epoch number, so a resumed DALI run reaches the same set of
     outputs (every fold, every row, every test image) but not bit-identical weights."""
     ref_dir = tmp_path_factory.mktemp("dali_ref")
-    subprocess.run(_cmd(synth_data, ref_dir, "dali", shards=synth_shards), check=True, capture_output=True,
-                   timeout=600)
-    cmd = _cmd(synth_data, tmp_path, "dali", shards=synth_shards)
-    _kill_when(cmd, tmp_path, "last.pth", 0.4)
+    subprocess.run(_cmd(long_epoch_data, ref_dir, "dali", shards=long_epoch_shards), check=True,
+                   capture_output=True, timeout=600)
+    cmd = _cmd(long_epoch_data, tmp_path, "dali", shards=long_epoch_shards)
+    _kill_when(cmd, tmp_path, "last.pth", 0.1)
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "fold 1: resuming after epoch" in r.stdout
