@@ -51,15 +51,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj):
-    """Rank 0's value on every rank (e.g. an early-stopping decision)."""
-    if world() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gather_predictions(*arrays: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, ...]:
     """Gather per-rank (probs, labels, ...) and index from every rank, drop the duplicates that distributed samplers
     pad with, and return them sorted by index - the same count and order as a single-process run."""

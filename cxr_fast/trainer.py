@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cxr_fast import dist
@@ -25,7 +26,8 @@ from cxr_fast.pipelines import build_loader
 
 # Config keys that must match for --resume to continue a run.
 RESUME_KEYS = ("model", "img_size", "epochs", "batch_size", "lr", "folds", "seed", "loss", "labels", "in_chans",
-               "refiner", "ema", "pipeline", "train_csv", "shards")
+               "refiner", "ema", "pipeline", "train_csv", "train_dir", "shards", "image_col", "group_col",
+               "uncertain", "missing")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,8 +100,15 @@ class Run:
                     elif stale.exists():
                         stale.unlink()
             self.state_dir.mkdir(exist_ok=True)
+            names, folds = self._present_names_folds()
+            folds_csv = self.out / "folds.csv"
+            if self.cfg["resume"] and folds_csv.exists():
+                old_folds = pd.read_csv(folds_csv, dtype={self.cfg["image_col"]: str}, keep_default_na=False)
+                if (old_folds.iloc[:, 0].tolist() != names or old_folds["fold"].tolist() != folds.tolist()):
+                    raise UserError(f"{folds_csv}: --resume would assign other folds than the interrupted run "
+                                    f"(the CSV or its images changed); use another --out_dir or drop --resume")
             cfg_path.write_text(json.dumps(self.cfg, indent=2) + "\n")
-            write_folds_csv(self.out / "folds.csv", *self._present_names_folds(), image_col=self.cfg["image_col"])
+            write_folds_csv(folds_csv, names, folds, image_col=self.cfg["image_col"])
         dist.barrier()
 
     def _present_names_folds(self):
@@ -116,9 +125,8 @@ class Run:
         path = self.out / "metrics.jsonl"
         if not self.main or not path.exists():
             return
-        keep = [ln for ln in path.read_text().splitlines()
-                if ln.strip() and not (json.loads(ln)["fold"] == fold and json.loads(ln)["epoch"] > last_epoch)
-                and not json.loads(ln)["fold"] > fold]
+        recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+        keep = [json.dumps(r) for r in recs if not (r["fold"] == fold and r["epoch"] > last_epoch)]
         path.write_text("".join(ln + "\n" for ln in keep))
 
     def checkpoint_path(self, k: int) -> Path:
@@ -183,6 +191,7 @@ class Run:
                     ema.module.load_state_dict(ck["ema"])
                 _set_rng_state(ck["rng"])
                 st.update({key: ck[key] for key in st if key in ck})
+                self._reconcile_best(k, st)
                 self.log(f"fold {k}: resuming after epoch {st['epoch']} (best macro-AUC {st['best_auc']:.4f})")
         if c["resume"]:
             self._trim_metrics(k, st["epoch"])  # drop lines of epochs that will run again
@@ -192,7 +201,8 @@ class Run:
 
         self.log(f"fold {k}/{self.data.n_folds}: {len(train_set)} train, {len(val_set)} val samples, "
                  f"{steps} steps/epoch, pipeline {c['pipeline']}, device {self.device}")
-        for epoch in range(st["epoch"] + 1, c["epochs"] + 1):
+        stopped = c["patience"] > 0 and st["bad_epochs"] >= c["patience"]  # a resumed fold that had early-stopped
+        for epoch in range(st["epoch"] + 1, 0 if stopped else c["epochs"] + 1):
             if os.environ.get("CXR_FAST_FAIL_RANK") == str(self.rank):  # fault injection for the DDP tests
                 raise RuntimeError(f"injected failure on rank {self.rank} (CXR_FAST_FAIL_RANK)")
             train_loader.set_epoch(epoch)
@@ -219,10 +229,12 @@ class Run:
                     st.update(best_auc=auc)
                 if self.main:
                     em = unwrap(eval_model)
-                    save_atomic(best_checkpoint(
+                    ck = best_checkpoint(
                         em.backbone.state_dict(), em.refiner.state_dict() if em.refiner is not None else None,
-                        labels=names, config=c, fold=k, epoch=epoch, val_auc=auc, val_auc_per_label=per_label),
-                        self.checkpoint_path(k))
+                        labels=names, config=c, fold=k, epoch=epoch, val_auc=auc, val_auc_per_label=per_label)
+                    # the validation predictions travel with the weights, so a resume can't pair them wrongly
+                    save_atomic({**ck, "oof_index": st["best_index"], "oof_probs": st["best_probs"]},
+                                self.checkpoint_path(k))
             if improved or epoch == 1:
                 st["bad_epochs"] = 0
             else:
@@ -264,6 +276,18 @@ class Run:
             (self.state_dir / f"fold{k}.json").write_text(json.dumps(result, indent=2) + "\n")
         dist.barrier()
         return result
+
+    def _reconcile_best(self, k: int, st: dict) -> None:
+        """A kill between writing the best checkpoint and last.pth leaves a checkpoint newer than last.pth's record
+        of it; the checkpoint (weights + its validation predictions) is then the truth."""
+        path = self.checkpoint_path(k)
+        if not path.exists():
+            return
+        ck = load_checkpoint(path)
+        if ck.get("fold") == k and ck.get("epoch", 0) > st["best_epoch"] and "oof_index" in ck:
+            auc = ck["val_auc"]
+            st.update(best_epoch=ck["epoch"], best_index=ck["oof_index"], best_probs=ck["oof_probs"], saved_any=True,
+                      best_auc=auc if auc is not None and math.isfinite(auc) else st["best_auc"])
 
     # ---------------------------------------------------------------- whole run
     def run(self) -> dict:

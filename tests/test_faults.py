@@ -136,3 +136,46 @@ def test_corrupt_image_in_a_worker_is_one_line(synth_data, tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert err[-1].startswith("error: ") and "00003.png" in err[-1] and "cannot decode" in err[-1]
     assert "Traceback" not in r.stderr
+
+
+def test_shards_with_a_rejected_test_image_train_and_predict(synth_data, tmp_path):
+    """--skip_bad leaves a hole in the test indices: the submission still names every written image correctly."""
+    from cxr_fast.cli import shard as shard_cli
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    names = sorted(p.name for p in (data / "test").iterdir())
+    (data / "test" / names[3]).write_bytes(b"not an image")
+    shards = tmp_path / "shards"
+    assert shard_cli.main(["--train_csv", str(data / "train.csv"), "--train_dir", str(data / "train"),
+                           "--test_dir", str(data / "test"), "--out", str(shards), "--folds", "2", "--skip_bad",
+                           "--workers", "1", "--no-progress"]) == 0
+    out = tmp_path / "o"
+    assert train_cli.main(["--shards", str(shards), "--pipeline", "pil", "--out_dir", str(out), "--epochs", "1",
+                           "--out_csv", str(out / "sub.csv"), *FAST]) == 0
+    import pandas as pd
+
+    sub = pd.read_csv(out / "sub.csv")
+    assert sub["Image_name"].tolist() == names[:3] + names[4:]
+    assert predict_cli.main(["--checkpoints", str(out / "test_resnet_fold*.pth"), "--shards", str(shards),
+                             "--out_csv", str(tmp_path / "p.csv"), "--num_workers", "0", "--no-progress",
+                             "--device", "cpu"]) == 0
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert pred["Image_name"].tolist() == sub["Image_name"].tolist()
+    assert abs(pred.iloc[:, 1:].to_numpy() - sub.iloc[:, 1:].to_numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", "-1"), ("--ema_decay", "1"), ("--num_workers", "-1"),
+                                         ("--patience", "-2")])
+def test_bad_flag_values_exit_2(synth_data, tmp_path, flag, value):
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--train_csv", str(synth_data / "train.csv"), "--train_dir", str(synth_data / "train"),
+                        "--out_dir", str(tmp_path), *FAST, flag, value])
+    assert e.value.code == 2
+
+
+def test_couplings_refuses_unknown_image_suffix(pil_run, tmp_path, capsys):
+    _, out = pil_run
+    _exit2(capsys, couplings_cli.main, [str(out / "test_resnet_fold1.pth"), "--out", str(tmp_path / "a.txt")],
+           ".png")
+    assert not (tmp_path / "a.txt").exists()

@@ -97,3 +97,45 @@ def test_resume_refuses_changed_settings(synth_data, tmp_path):
     r = subprocess.run(_cmd(synth_data, out, "pil") + ["--resume"], capture_output=True, text=True, timeout=300,
                        check=False)
     assert r.returncode == 2 and "--resume with different settings" in r.stderr and "Traceback" not in r.stderr
+
+
+def _metrics(out):
+    return [(r["fold"], r["epoch"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_resume_keeps_other_folds_metrics_and_an_early_stop(synth_data, tmp_path):
+    from .conftest import train_pil
+
+    assert train_pil(synth_data, tmp_path, "--epochs", "2", "--folds_to_run", "2") == 0
+    assert train_pil(synth_data, tmp_path, "--epochs", "2", "--folds_to_run", "1", "--resume") == 0
+    assert sorted(_metrics(tmp_path)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    # Fold 1 had early-stopped (as last.pth records) but was killed before its fold summary was written:
+    # resuming finishes the fold without training further epochs.
+    last = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert last["fold"] == 1 and last["epoch"] == 2
+    trunc = {**last, "epoch": 1, "bad_epochs": 3}
+    torch.save(trunc, tmp_path / "last.pth")
+    (tmp_path / "state" / "fold1.json").unlink()
+    before = (tmp_path / "test_resnet_fold1.pth").read_bytes()
+    assert train_pil(synth_data, tmp_path, "--epochs", "2", "--folds_to_run", "1", "--resume") == 0
+    assert sorted(_metrics(tmp_path)) == [(1, 1), (2, 1), (2, 2)]  # epoch 2 of fold 1 was not run again
+    assert (tmp_path / "test_resnet_fold1.pth").read_bytes() == before
+
+
+def test_resume_refuses_other_folds(synth_data, tmp_path, capsys):
+    """Same flags, but the CSV was edited in place (rows reordered): resuming would mix two fold assignments."""
+    from cxr_fast.cli import train as train_cli
+
+    csv = tmp_path / "train.csv"
+    df = pd.read_csv(synth_data / "train.csv")
+    df.to_csv(csv, index=False)
+    argv = ["--train_csv", str(csv), "--train_dir", str(synth_data / "train"), "--pipeline", "pil", "--folds", "2",
+            "--out_dir", str(tmp_path / "o"), "--epochs", "1", "--folds_to_run", "1", "--model", "test_resnet",
+            "--no-pretrained", "--img_size", "48", "--batch_size", "8", "--num_workers", "0", "--no-progress",
+            "--device", "cpu"]
+    assert train_cli.main(argv) == 0
+    df.sample(frac=1.0, random_state=0).to_csv(csv, index=False)
+    with pytest.raises(SystemExit) as e:
+        train_cli.main([*argv, "--resume"])
+    assert e.value.code == 2
+    assert "would assign other folds" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cxr_fast.errors import cli_entry
+from cxr_fast.errors import UserError, cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     from cxr_fast.couplings import mean_coupling, plot_heatmap, top_couplings
     from cxr_fast.inference import load_fold_checkpoints
 
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise UserError(f"--out {out}: give a .png, .pdf, .svg or .jpg file name")
     a, labels = mean_coupling(load_fold_checkpoints(args.checkpoints))
     top = top_couplings(a, labels, args.top)
-    out = Path(args.out)
     plot_heatmap(a, labels, out, title=f"Learned label couplings (A), mean of {len(args.checkpoints)} fold(s)")
     off = a[~np.eye(len(a), dtype=bool)]
     summary = {"labels": labels, "A": a.tolist(), "top": top, "nonzero_fraction": float((off != 0).mean()),

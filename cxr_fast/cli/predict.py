@@ -6,7 +6,7 @@ import argparse
 import glob
 import sys
 
-from cxr_fast.cli.common import positive_int
+from cxr_fast.cli.common import nonneg_int, positive_int
 from cxr_fast.errors import UserError, cli_entry
 
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=positive_int, default=32)
     p.add_argument("--pipeline", choices=("pil", "dali"), default="pil",
                    help="dali needs --shards (or builds test-only shards from --test_dir in a temporary folder)")
-    p.add_argument("--num_workers", type=int, default=4)
+    p.add_argument("--num_workers", type=nonneg_int, default=4)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--image_col", default="Image_name", help="name of the image column in the output CSV")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -34,9 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import tempfile
 
-    from cxr_fast.data.sources import test_file_set
+    from cxr_fast.data.sources import shard_resize, test_file_set
     from cxr_fast.data.table import list_test_images
-    from cxr_fast.engine import Amp
     from cxr_fast.inference import ensemble_predict, load_fold_checkpoints, write_predictions_csv
     from cxr_fast.trainer import resolve_device
 
@@ -49,35 +48,43 @@ def main(argv: list[str] | None = None) -> int:
             samples, names = _shard_test_set(args.shards, labels)
         elif args.pipeline == "dali":
             from cxr_fast.data.shards import write_test_shards
+            from cxr_fast.pipelines.dali import require_dali
 
-            write_test_shards(args.test_dir, tmp, labels, progress=args.progress)
+            require_dali()  # fail before encoding anything when DALI is absent
+            resize = shard_resize(max(int(ck["config"]["img_size"]) for _, ck in ckpts))
+            write_test_shards(args.test_dir, tmp, labels, resize=resize, progress=args.progress)
             samples, names = _shard_test_set(tmp, labels)
         else:
             names = list_test_images(args.test_dir)
             samples = test_file_set(args.test_dir, names, len(labels))
         index, probs = ensemble_predict(ckpts, samples, pipeline=args.pipeline, batch_size=args.batch_size,
                                         device=device, tta=args.tta, num_workers=args.num_workers,
-                                        amp=Amp(device, enabled=device.type == "cuda"), progress=args.progress)
+                                        amp=_amp_from(ckpts[0][1]["config"], device), progress=args.progress)
     write_predictions_csv(args.out_csv, [names[i] for i in index], labels, probs, image_col=args.image_col)
     print(f"wrote {args.out_csv}: {len(index)} images x {len(labels)} labels, mean of {len(ckpts)} checkpoint(s)"
           f"{', flip TTA' if args.tta else ''}")
     return 0
 
 
+def _amp_from(cfg: dict, device):
+    """Inference precision as the checkpoint was trained: --no_amp / --amp_dtype from its config."""
+    from cxr_fast.engine import Amp
+
+    return Amp(device, enabled=not cfg.get("no_amp", False), dtype=cfg.get("amp_dtype", "auto"))
+
+
 def _shard_test_set(root, labels):
     from cxr_fast.data.shards import load_manifest, read_samples, sample_set
+    from cxr_fast.data.sources import names_by_index
 
     manifest = load_manifest(root)
     if list(manifest["labels"]) != labels:
         raise UserError(f"{root}/manifest.json: its labels {manifest['labels']} differ from the checkpoints' {labels}")
     df = read_samples(root)
-    test = df[df["split"] == "test"].sort_values("index")
+    test = df[df["split"] == "test"]
     if not len(test):
         raise UserError(f"{root}: the shards have no test split (shard with --test_dir)")
-    names = [""] * (int(test["index"].max()) + 1)
-    for i, n in zip(test["index"], test["name"]):
-        names[i] = n
-    return sample_set(root, manifest, ["test"]), names
+    return sample_set(root, manifest, ["test"]), names_by_index(test)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cxr_fast.cli.common import add_dataset_flags, positive_int
+from cxr_fast.cli.common import add_dataset_flags, decay, nonneg_int, positive_int
 from cxr_fast.errors import UserError, cli_entry
 
 
@@ -28,12 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight_decay", type=float, default=1e-4)
     p.add_argument("--warmup_epochs", type=float, default=1, help="linear warm-up length in epochs (per-step)")
     p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=nonneg_int, default=42)
     p.add_argument("--label_smooth", type=float, default=0.0)
     p.add_argument("--loss", choices=("asl", "bce"), default="asl")
     p.add_argument("--ema", action=B, default=True, help="EMA of the weights (backbone and refiner)")
     p.add_argument("--tta", action=B, default=True, help="horizontal-flip TTA for validation and test")
-    p.add_argument("--num_workers", type=int, default=4, help="loader worker processes (DALI: threads)")
+    p.add_argument("--num_workers", type=nonneg_int, default=4, help="loader worker processes (DALI: threads)")
     p.add_argument("--color_jitter", action="store_true", help="brightness/contrast jitter 0.05")
     p.add_argument("--no_amp", action="store_true", help="disable mixed precision")
     # Ours.
@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refiner", action=B, default=True, help="learned sparse label-coupling refiner")
     p.add_argument("--refiner_alpha", type=float, default=0.3)
     p.add_argument("--refiner_l1", type=float, default=1e-3, help="L1 weight on A (proximal step)")
-    p.add_argument("--ema_decay", type=float, default=0.999)
+    p.add_argument("--ema_decay", type=decay, default=0.999)
     p.add_argument("--drop_rate", type=float, default=0.4, help="backbone dropout before the classifier")
-    p.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (0 = off)")
+    p.add_argument("--patience", type=nonneg_int, default=3, help="early-stopping patience in epochs (0 = off)")
     p.add_argument("--pretrained", action=B, default=True, help="ImageNet-pretrained timm weights")
     p.add_argument("--weights", default=None, help="local backbone weights file (.pth/.safetensors)")
     p.add_argument("--in_chans", type=int, choices=(1, 3), default=1, help="backbone input channels")
@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     dist_device = dist.setup(device.type)
     device = dist_device or device
     try:
+        if args.pipeline == "dali":
+            from cxr_fast.pipelines.dali import require_dali
+
+            require_dali()  # fail before building shards when DALI is absent
         if args.pipeline == "dali" and args.shards is None:
             cfg["shards"] = str(shards_for_training(cfg, build=dist.is_main()))
             dist.barrier()

@@ -81,6 +81,14 @@ def _check_files_exist(folder: Path, names: list[str], what: str) -> None:
                         f"{' ...' if len(bad) > 5 else ''}")
 
 
+def names_by_index(samples) -> list[str]:
+    """Image names of a samples.csv selection, placed at their index (a list with "" where --skip_bad left a hole)."""
+    names = [""] * (int(samples["index"].max()) + 1 if len(samples) else 0)
+    for i, name in zip(samples["index"], samples["name"]):
+        names[int(i)] = name
+    return names
+
+
 def from_shards(root, labels: list[str] | None = None, test_dir=None) -> RunData:
     """Labels, folds and names come from the shards' manifest and samples.csv; test images from the shards' test
     split, or from `test_dir` as files when the shards have none."""
@@ -92,24 +100,29 @@ def from_shards(root, labels: list[str] | None = None, test_dir=None) -> RunData
         raise UserError(f"{root}/manifest.json: the shards hold labels {manifest['labels']}, "
                         f"not the --labels given ({labels})")
     df = read_samples(root)
-    train = df[df["split"] != "test"].sort_values("index")
-    n = int(train["index"].max()) + 1 if len(train) else 0
-    names = [""] * n
+    train = df[df["split"] != "test"]
+    names = names_by_index(train)
+    n = len(names)
     lab = np.full((n, len(manifest["labels"])), np.nan, np.float32)
-    fold = np.zeros(n, dtype=np.int64)  # 0 = not in the shards (a rejected CSV row)
+    fold = np.zeros(n, dtype=np.int64)  # 0 = not in the shards (a CSV row rejected by --skip_bad)
     idx = train["index"].to_numpy()
-    for i, name in zip(idx, train["name"]):
-        names[i] = name
     lab[idx] = train[manifest["labels"]].to_numpy(np.float32)
     fold[idx] = train["fold"].to_numpy()
-    test = df[df["split"] == "test"].sort_values("index")
+    test = df[df["split"] == "test"]
     if len(test):  # the shards' own test split wins; --test_dir is read as files only for shards without one
-        test_names, test_dir = test["name"].tolist(), None
+        if test_dir is not None:
+            print(f"note: {root} has its own test split ({len(test)} images); --test_dir {test_dir} is not used")
+        test_names, test_dir = names_by_index(test), None
     else:
         test_names = list_test_images(test_dir) if test_dir is not None else None
     return RunData(label_names=list(manifest["labels"]), names=names, labels=lab, folds=fold,
                    n_folds=int(manifest["folds"]), split_method=manifest["split_method"], shards_root=root,
                    manifest=manifest, test_names=test_names, test_dir=Path(test_dir) if test_dir else None)
+
+
+def shard_resize(img_size: int) -> int:
+    """Longest side of images stored in shards built for a run: 512 px, or more for larger inputs."""
+    return max(512, int(img_size))
 
 
 def shards_for_training(cfg: dict, build: bool = True) -> Path:
@@ -126,7 +139,7 @@ def shards_for_training(cfg: dict, build: bool = True) -> Path:
     csv = Path(cfg["train_csv"])
     if not csv.is_file():
         raise UserError(f"{csv}: CSV file not found")
-    resize = max(512, int(cfg["img_size"]))
+    resize = shard_resize(cfg["img_size"])
     keys = {"csv_sha256": file_sha256(csv), "train_dir": str(Path(cfg["train_dir"]).absolute()),
             "test_dir": str(Path(cfg["test_dir"]).absolute()) if cfg.get("test_dir") else None, "resize": resize,
             **{k: cfg.get(k) for k in ("labels", "image_col", "group_col", "uncertain", "missing", "folds", "seed")}}

@@ -55,7 +55,7 @@ READER = "Reader"
 OUTPUTS = ("images", "labels", "index")
 
 
-def _import_dali():
+def require_dali():
     """Import DALI lazily; the rest of the package works where it is absent."""
     try:
         import nvidia.dali  # noqa: F401
@@ -138,7 +138,7 @@ def build_pipeline(samples: SampleSet, spec: AugmentSpec, batch_size: int, *, nu
 
     fused_warp (train only): None = fused on CPU, resize + warp on GPU (see `_train_images`).
     """
-    dali = _import_dali()
+    dali = require_dali()
     from nvidia.dali import fn, types
 
     counts = shard_sample_counts(samples.shards)
@@ -231,7 +231,7 @@ def build_dali_loader(samples: SampleSet, spec: AugmentSpec, batch_size: int, de
     `num_samples` = samples in the whole set (all ranks), as in the PIL loader.
     `fused_warp` (train): one nearest warp from the crop (default on CPU) or resize + warp (default on GPU).
     """
-    _import_dali()
+    require_dali()
     device = torch.device(device)
     if batch_size <= 0:
         raise UserError(f"--batch_size must be positive, got {batch_size}")
