@@ -148,6 +148,8 @@ class Run:
         c = self.cfg
         train_set, val_set = self.data.fold_sets(k)
         common = {"num_workers": c["num_workers"], "rank": self.rank, "world": self.world}
+        if c["pipeline"] == "dali":
+            common["hw_decoder_load"] = c["hw_decoder_load"]
         train = build_loader(c["pipeline"], train_set, AugmentSpec.for_training(c["img_size"], c["color_jitter"]),
                              c["batch_size"], self.device, seed=c["seed"] + 1000 * k, **common)
         val = build_loader(c["pipeline"], val_set, AugmentSpec.for_eval(c["img_size"]), c["batch_size"],

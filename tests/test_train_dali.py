@@ -118,3 +118,25 @@ def test_dali_kill9_mid_epoch_then_resume(long_epoch_data, long_epoch_shards, tm
     assert got["files"] == ref["files"] and got["metrics"] == ref["metrics"]
     assert got["oof"]["Image_name"].tolist() == ref["oof"]["Image_name"].tolist()
     assert got["sub"]["Image_name"].tolist() == ref["sub"]["Image_name"].tolist()
+
+
+def test_corrupt_shard_member_is_one_line_for_dali(synth_shards, tmp_path, capsys):
+    """An image member overwritten in place (same size, so the cheap size check passes): DALI's error becomes one
+    line pointing at cxr-shard verify, exit 2."""
+    from cxr_fast.data.shards import load_manifest
+    from cxr_fast.pipelines.pil import read_index
+
+    broken = tmp_path / "shards"
+    shutil.copytree(synth_shards, broken)
+    tar = sorted(broken.glob("fold1-*.tar"))[0]
+    off, size = read_index(tar.with_suffix(".idx"))[0]["jpg"]
+    data = bytearray(tar.read_bytes())
+    data[off:off + size] = b"\0" * size  # no JPEG left
+    tar.write_bytes(bytes(data))
+    assert load_manifest(broken)
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--shards", str(broken), "--pipeline", "dali", "--out_dir", str(tmp_path / "o"),
+                        "--epochs", "1", *FAST, "--num_workers", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cxr-shard verify" in err[0] and "Traceback" not in err[0]

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Ours.
     p.add_argument("--pipeline", choices=("pil", "dali"), default="dali", help="input pipeline")
     p.add_argument("--shards", default=None, help="existing cxr-shard output (labels and folds from its manifest)")
+    p.add_argument("--hw_decoder_load", type=float, default=0.65,
+                   help="DALI: share of JPEG decoding given to the GPU's hardware decoder (A100/H100)")
     p.add_argument("--shards_root", default="shards", help="where shards are built when --shards is not given")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp_dtype", choices=("auto", "fp16", "bf16"), default="auto",

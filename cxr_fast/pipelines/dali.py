@@ -170,17 +170,31 @@ def build_pipeline(samples: SampleSet, spec: AugmentSpec, batch_size: int, *, nu
 class DALILoader:
     """The loader contract over a DALI pipeline: `len()`, `num_samples`, `set_epoch`, batches on the device."""
 
-    def __init__(self, pipe, *, num_samples: int, num_batches: int, num_labels: int, device: torch.device):
+    def __init__(self, pipe, *, num_samples: int, num_batches: int, num_labels: int, device: torch.device,
+                 root: Path | None = None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         self.pipe, self.num_samples, self.device, self.epoch = pipe, num_samples, device, 0
+        self._root = root  # the shards' folder, named in read errors
         self._num_batches, self._num_labels = num_batches, num_labels
-        self._it = DALIGenericIterator([pipe], list(OUTPUTS), reader_name=READER,
-                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        try:  # the iterator starts the pipeline (prefetch): unreadable data can fail here already
+            self._it = DALIGenericIterator([pipe], list(OUTPUTS), reader_name=READER,
+                                           last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        except RuntimeError as e:
+            raise self._read_error(e) from None
         self._mid_epoch = False
 
     def __len__(self) -> int:
         return self._num_batches
+
+    def _read_error(self, e: RuntimeError) -> UserError:
+        """DALI reports an unreadable shard member as a RuntimeError with its C++ trace: one line instead."""
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" ")]
+        where = next((ln.rstrip(",") for ln in lines if ln.startswith("Error in")), "")
+        after = lines[lines.index("encountered:") + 1:] if "encountered:" in lines else lines[-1:]
+        what = "; ".join(x for x in (where, after[0] if after else "") if x)
+        return UserError(f"DALI could not read the shards in {self._root} ({what[:300]}): a member is corrupt or "
+                         f"altered; check them with: cxr-shard verify {self._root}")
 
     def set_epoch(self, epoch: int) -> None:
         """Recorded only: DALI reshuffles by itself every pass (see the module docstring)."""
@@ -214,6 +228,8 @@ class DALILoader:
                 out = next(self._it)[0]  # auto_reset: StopIteration leaves the iterator ready for the next pass
             except StopIteration:
                 break
+            except RuntimeError as e:
+                raise self._read_error(e) from None
             if n < self._num_batches and out["images"].shape[0] > 0:
                 n += 1
                 yield self._unpack(out)
@@ -262,4 +278,4 @@ def build_dali_loader(samples: SampleSet, spec: AugmentSpec, batch_size: int, de
                           seed=seed, rank=rank, world=world, hw_decoder_load=hw_decoder_load, prefetch=prefetch,
                           fused_warp=fused_warp)
     return DALILoader(pipe, num_samples=n, num_batches=num_batches, num_labels=samples.labels.shape[1],
-                      device=device)
+                      device=device, root=samples.shards[0][0].parent)
