@@ -62,16 +62,19 @@ def ensemble_predict(checkpoints: list[tuple[Path, dict]], samples: SampleSet, *
 
     amp = amp or Amp(device, enabled=False)
     total = None
+    loaders = {}  # one loader per input size, shared by the folds that use it
     for path, ckpt in checkpoints:
-        spec = AugmentSpec.for_eval(int(ckpt["config"]["img_size"]))
+        size = int(ckpt["config"]["img_size"])
         in_chans = int(ckpt["config"].get("in_chans", 1))
-        loader = build_loader(pipeline, samples, spec, batch_size, device, num_workers=num_workers, rank=rank,
-                              world=world)
+        if size not in loaders:
+            loaders[size] = build_loader(pipeline, samples, AugmentSpec.for_eval(size), batch_size, device,
+                                         num_workers=num_workers, rank=rank, world=world)
+        loader = loaders[size]
         model = model_from_checkpoint(ckpt, device)
         probs, index = predict(model, loader, amp, in_chans=in_chans, tta=tta, progress=progress)
         index, probs = dist.gather_predictions(probs, index=index)
         total = probs.astype(np.float64) if total is None else total + probs
-        del model, loader
+        del model
     return index, (total / len(checkpoints)).astype(np.float32)
 
 
