@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from cxr_fast import dist
+from cxr_fast import dist, resume
 from cxr_fast.checkpoint import best_checkpoint, load_checkpoint, save_atomic
 from cxr_fast.data.augment import AugmentSpec
 from cxr_fast.data.folds import write_folds_csv
@@ -23,11 +21,6 @@ from cxr_fast.data.sources import RunData
 from cxr_fast.errors import UserError
 from cxr_fast.inference import ensemble_predict, write_predictions_csv
 from cxr_fast.pipelines import build_loader
-
-# Config keys that must match for --resume to continue a run.
-RESUME_KEYS = ("model", "img_size", "epochs", "batch_size", "lr", "folds", "seed", "loss", "labels", "in_chans",
-               "refiner", "ema", "pipeline", "train_csv", "train_dir", "shards", "image_col", "group_col",
-               "uncertain", "missing")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,23 +44,6 @@ def parse_folds_to_run(spec: str | None, n_folds: int) -> list[int]:
     return folds
 
 
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": random.getstate()}
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-    v, st, g = s["python"]
-    random.setstate((v, tuple(st), g))
-
-
 class Run:
     """One `cxr-train` invocation. `cfg` is the resolved flag dict (written to config.json)."""
 
@@ -87,13 +63,9 @@ class Run:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             cfg_path = self.out / "config.json"
-            if self.cfg["resume"] and cfg_path.exists():
-                old = json.loads(cfg_path.read_text())
-                diff = [k for k in RESUME_KEYS if old.get(k) != self.cfg.get(k)]
-                if diff:
-                    raise UserError(f"{cfg_path}: --resume with different settings ({', '.join(diff)}); "
-                                    f"use another --out_dir or drop --resume")
-            elif not self.cfg["resume"]:
+            if self.cfg["resume"]:
+                resume.check_config(cfg_path, self.cfg)
+            else:
                 for stale in (self.state_dir, self.out / "last.pth", self.out / "metrics.jsonl"):
                     if stale.is_dir():
                         shutil.rmtree(stale)
@@ -102,11 +74,8 @@ class Run:
             self.state_dir.mkdir(exist_ok=True)
             names, folds = self._present_names_folds()
             folds_csv = self.out / "folds.csv"
-            if self.cfg["resume"] and folds_csv.exists():
-                old_folds = pd.read_csv(folds_csv, dtype={self.cfg["image_col"]: str}, keep_default_na=False)
-                if (old_folds.iloc[:, 0].tolist() != names or old_folds["fold"].tolist() != folds.tolist()):
-                    raise UserError(f"{folds_csv}: --resume would assign other folds than the interrupted run "
-                                    f"(the CSV or its images changed); use another --out_dir or drop --resume")
+            if self.cfg["resume"]:
+                resume.check_folds(folds_csv, names, folds, self.cfg["image_col"])
             cfg_path.write_text(json.dumps(self.cfg, indent=2) + "\n")
             write_folds_csv(folds_csv, names, folds, image_col=self.cfg["image_col"])
         dist.barrier()
@@ -119,15 +88,6 @@ class Run:
         if self.main:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
-
-    def _trim_metrics(self, fold: int, last_epoch: int) -> None:
-        """On resume, drop metric lines of epochs that will be re-run."""
-        path = self.out / "metrics.jsonl"
-        if not self.main or not path.exists():
-            return
-        recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-        keep = [json.dumps(r) for r in recs if not (r["fold"] == fold and r["epoch"] > last_epoch)]
-        path.write_text("".join(ln + "\n" for ln in keep))
 
     def checkpoint_path(self, k: int) -> Path:
         return self.out / f"{self.cfg['model']}_fold{k}.pth"
@@ -191,12 +151,12 @@ class Run:
                 amp.load_state_dict(ck["scaler"])
                 if ema is not None:
                     ema.module.load_state_dict(ck["ema"])
-                _set_rng_state(ck["rng"])
+                resume.set_rng_state(ck["rng"])
                 st.update({key: ck[key] for key in st if key in ck})
                 self._reconcile_best(k, st)
                 self.log(f"fold {k}: resuming after epoch {st['epoch']} (best macro-AUC {st['best_auc']:.4f})")
-        if c["resume"]:
-            self._trim_metrics(k, st["epoch"])  # drop lines of epochs that will run again
+        if c["resume"] and self.main:
+            resume.trim_metrics(self.out / "metrics.jsonl", k, st["epoch"])  # epochs that will run again
         if self.world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -256,7 +216,7 @@ class Run:
                 save_atomic({"fold": k, **st, "model": unwrap(model).state_dict(),
                              "ema": ema.module.state_dict() if ema is not None else None,
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "scaler": amp.state_dict(), "rng": _rng_state()}, last)
+                             "scaler": amp.state_dict(), "rng": resume.rng_state()}, last)
             dist.barrier()
             if c["patience"] > 0 and st["bad_epochs"] >= c["patience"]:
                 self.log(f"fold {k}: early stop after epoch {epoch} (no improvement for {c['patience']} epochs)")

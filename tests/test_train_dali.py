@@ -128,7 +128,7 @@ def test_corrupt_shard_member_is_one_line_for_dali(synth_shards, tmp_path, capsy
 
     broken = tmp_path / "shards"
     shutil.copytree(synth_shards, broken)
-    tar = sorted(broken.glob("fold1-*.tar"))[0]
+    tar = min(broken.glob("fold1-*.tar"))
     off, size = read_index(tar.with_suffix(".idx"))[0]["jpg"]
     data = bytearray(tar.read_bytes())
     data[off:off + size] = b"\0" * size  # no JPEG left

@@ -1,0 +1,66 @@
+"""What `cxr-train --resume` needs: RNG states in a weights_only-loadable form, the checks that an interrupted run
+can be continued with these settings and folds, and trimming the log of epochs that will run again."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxr_fast.errors import UserError
+
+# Config keys that must match for --resume to continue a run.
+RESUME_KEYS = ("model", "img_size", "epochs", "batch_size", "lr", "folds", "seed", "loss", "labels", "in_chans",
+               "refiner", "ema", "pipeline", "train_csv", "train_dir", "shards", "image_col", "group_col",
+               "uncertain", "missing")
+
+
+def rng_state() -> dict:
+    """torch / CUDA / numpy / Python RNG states as tensors and tuples of ints (torch.load(weights_only=True) safe)."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate()}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    v, st, g = s["python"]
+    random.setstate((v, tuple(st), g))
+
+
+def check_config(cfg_path: Path, cfg: dict) -> None:
+    """UserError if the interrupted run's config.json differs from `cfg` in a setting that changes its results."""
+    if not cfg_path.exists():
+        return
+    old = json.loads(cfg_path.read_text())
+    diff = [k for k in RESUME_KEYS if old.get(k) != cfg.get(k)]
+    if diff:
+        raise UserError(f"{cfg_path}: --resume with different settings ({', '.join(diff)}); "
+                        f"use another --out_dir or drop --resume")
+
+
+def check_folds(folds_csv: Path, names: list[str], folds: np.ndarray, image_col: str) -> None:
+    """UserError if the fold assignment changed since the interrupted run (e.g. the CSV was edited in place)."""
+    if not folds_csv.exists():
+        return
+    old = pd.read_csv(folds_csv, dtype={image_col: str}, keep_default_na=False)
+    if old.iloc[:, 0].tolist() != names or old["fold"].tolist() != folds.tolist():
+        raise UserError(f"{folds_csv}: --resume would assign other folds than the interrupted run "
+                        f"(the CSV or its images changed); use another --out_dir or drop --resume")
+
+
+def trim_metrics(path: Path, fold: int, last_epoch: int) -> None:
+    """Drop the metrics.jsonl lines of `fold`'s epochs after `last_epoch` (they will run again)."""
+    if not path.exists():
+        return
+    recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs if not (r["fold"] == fold and r["epoch"] > last_epoch)))
