@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = out.with_suffix(".json")
     json_path.write_text(json.dumps(summary, indent=2) + "\n")
     for name, lst in top.items():
-        print(f"{name} → " + (", ".join(f"{d['label']} ({d['A']:+.4f})" for d in lst) if lst else "(none)"))
+        print(f"{name} → " + (", ".join(f"{d['label']} ({d['A']:+.3g})" for d in lst) if lst else "(none)"))
     print(f"A: {(off != 0).mean():.0%} of off-diagonal entries non-zero")
     print(f"wrote {out} and {json_path}")
     return 0
