@@ -79,6 +79,40 @@ def tar_members(tar_path: str | Path) -> list[tuple[str, int, int]]:
 
 # ---------------------------------------------------------------------------------------------------- reading
 
+def _index_header(f, idx_path) -> int:
+    """The sample count on a DALI index's first line (`v1.2 <num_samples>`)."""
+    head = f.readline().split()
+    if len(head) != 2 or not head[0].startswith("v") or not head[1].isdigit():
+        raise UserError(f"{idx_path}: not a DALI webdataset index (first line {' '.join(head)!r})")
+    return int(head[1])
+
+
+def index_sample_count(idx_path: str | Path) -> int:
+    """Samples in a shard, from its index's first line only (cheap: readers size their buffers with it)."""
+    try:
+        with open(idx_path) as f:
+            return _index_header(f, idx_path)
+    except OSError as e:
+        raise UserError(f"cannot read shard index {idx_path}: {e.strerror}") from None
+
+
+def read_index(idx_path: str | Path) -> list[dict[str, tuple[int, int]]]:
+    """Parse a DALI webdataset index: per sample, {ext: (data offset, size)}."""
+    with open(idx_path) as f:
+        n = _index_header(f, idx_path)
+        samples = []
+        for line in f:
+            tok = line.split()
+            if not tok:
+                continue
+            if len(tok) % 4:
+                raise UserError(f"{idx_path}: malformed index line {len(samples) + 2}")
+            samples.append({tok[i]: (int(tok[i + 1]), int(tok[i + 2])) for i in range(0, len(tok), 4)})
+    if len(samples) != n:
+        raise UserError(f"{idx_path}: header says {n} samples, found {len(samples)}")
+    return samples
+
+
 
 def load_manifest(root: str | Path) -> dict:
     """The manifest of a finished shard folder. UserError if it is missing, unreadable, or of another format/version."""

@@ -69,18 +69,10 @@ def require_dali():
 
 
 def shard_sample_counts(shards: list[tuple[Path, Path]]) -> list[int]:
-    """Sample count of each shard, from the first line (`v1.2 <num_samples>`) of its DALI index."""
-    counts = []
-    for _, idx in shards:
-        try:
-            with open(idx) as f:
-                head = f.readline().split()
-        except OSError as e:
-            raise UserError(f"cannot read shard index {idx}: {e.strerror}") from None
-        if len(head) != 2 or not head[0].startswith("v") or not head[1].isdigit():
-            raise UserError(f"{idx}: not a DALI webdataset index (first line {' '.join(head)!r})")
-        counts.append(int(head[1]))
-    return counts
+    """Sample count of each shard, from its DALI index's first line."""
+    from cxr_fast.data.shards import index_sample_count
+
+    return [index_sample_count(idx) for _, idx in shards]
 
 
 def _seed(*parts: int) -> int:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from cxr_fast.data.augment import AugmentSpec
 from cxr_fast.data.images import read_gray8
+from cxr_fast.data.shards import read_index
 from cxr_fast.errors import UserError
 from cxr_fast.pipelines import SampleSet
 
@@ -64,25 +65,6 @@ def apply_spec(img: Image.Image, spec: AugmentSpec, rng: np.random.Generator | N
         img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(1 - spec.jitter, 1 + spec.jitter)))
         img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(1 - spec.jitter, 1 + spec.jitter)))
     return np.array(img, dtype=np.uint8)
-
-
-def read_index(idx_path: Path) -> list[dict[str, tuple[int, int]]]:
-    """Parse a DALI webdataset index: per sample, {ext: (offset, size)}."""
-    with open(idx_path) as f:
-        header = f.readline().split()
-        if len(header) != 2 or not header[0].startswith("v"):
-            raise UserError(f"{idx_path}: not a DALI webdataset index (header {' '.join(header)!r})")
-        samples = []
-        for line in f:
-            tok = line.split()
-            if not tok:
-                continue
-            if len(tok) % 4:
-                raise UserError(f"{idx_path}: malformed index line {len(samples) + 2}")
-            samples.append({tok[i]: (int(tok[i + 1]), int(tok[i + 2])) for i in range(0, len(tok), 4)})
-    if len(samples) != int(header[1]):
-        raise UserError(f"{idx_path}: header says {header[1]} samples, found {len(samples)}")
-    return samples
 
 
 class _EpochDataset(Dataset):
