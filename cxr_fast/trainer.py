@@ -139,7 +139,7 @@ class Run:
         amp = Amp(self.device, enabled=not c["no_amp"], dtype=c["amp_dtype"])
         ema = ModelEma(model, decay=c["ema_decay"]) if c["ema"] else None
         st = {"epoch": 0, "step": 0, "best_auc": -math.inf, "best_epoch": 0, "bad_epochs": 0, "saved_any": False,
-              "best_index": None, "best_probs": None}
+              "best_index": None, "best_probs": None, "best_per_label": None, "best_sparsity": None}
 
         last = self.out / "last.pth"
         if c["resume"] and last.exists():
@@ -189,11 +189,12 @@ class Run:
                           saved_any=True)
                 if improved:
                     st.update(best_auc=auc)
+                em = unwrap(eval_model)
+                ck = best_checkpoint(
+                    em.backbone.state_dict(), em.refiner.state_dict() if em.refiner is not None else None,
+                    labels=names, config=c, fold=k, epoch=epoch, val_auc=auc, val_auc_per_label=per_label)
+                st.update(best_per_label=per_label, best_sparsity=_sparsity(ck["refiner"]))
                 if self.main:
-                    em = unwrap(eval_model)
-                    ck = best_checkpoint(
-                        em.backbone.state_dict(), em.refiner.state_dict() if em.refiner is not None else None,
-                        labels=names, config=c, fold=k, epoch=epoch, val_auc=auc, val_auc_per_label=per_label)
                     # the validation predictions travel with the weights, so a resume can't pair them wrongly
                     save_atomic({**ck, "oof_index": st["best_index"], "oof_probs": st["best_probs"]},
                                 self.checkpoint_path(k))
@@ -224,14 +225,9 @@ class Run:
         if not math.isfinite(st["best_auc"]):
             self.log(f"fold {k}: WARNING validation macro-AUC was undefined in every epoch; kept the last epoch")
         result = {"fold": k, "best_epoch": st["best_epoch"], "val_auc": _num(st["best_auc"]),
-                  "epochs_run": st["epoch"]}
-        ck = load_checkpoint(self.checkpoint_path(k)) if self.main else None
-        if ck is not None:
-            result["val_auc_per_label"] = ck["val_auc_per_label"]
-            if ck["refiner"] is not None:
-                a = ck["refiner"]["A"]
-                off = ~torch.eye(len(a), dtype=torch.bool)
-                result["refiner_sparsity"] = float((a[off] == 0).float().mean())
+                  "epochs_run": st["epoch"], "val_auc_per_label": st["best_per_label"]}
+        if st["best_sparsity"] is not None:
+            result["refiner_sparsity"] = st["best_sparsity"]
         if self.main:
             np.savez(self.state_dir / f"fold{k}_oof.npz", index=st["best_index"].numpy(),
                      probs=st["best_probs"].numpy())
@@ -249,7 +245,8 @@ class Run:
         if ck.get("fold") == k and ck.get("epoch", 0) > st["best_epoch"] and "oof_index" in ck:
             auc = ck["val_auc"]
             st.update(best_epoch=ck["epoch"], best_index=ck["oof_index"], best_probs=ck["oof_probs"], saved_any=True,
-                      best_auc=auc if auc is not None and math.isfinite(auc) else st["best_auc"])
+                      best_auc=auc if auc is not None and math.isfinite(auc) else st["best_auc"],
+                      best_per_label=ck["val_auc_per_label"], best_sparsity=_sparsity(ck["refiner"]))
 
     # ---------------------------------------------------------------- whole run
     def run(self) -> dict:
@@ -326,6 +323,14 @@ class Run:
                                   probs, image_col=c["image_col"])
             self.log(f"wrote {c['out_csv']} ({len(index)} test images, mean of {len(ckpts)} fold(s)"
                      f"{', flip TTA' if c['tta'] else ''})")
+
+
+def _sparsity(refiner_state: dict | None) -> float | None:
+    """Fraction of A's off-diagonal entries that are exactly zero (None without a refiner)."""
+    if refiner_state is None:
+        return None
+    a = refiner_state["A"]
+    return float((a[~torch.eye(len(a), dtype=torch.bool, device=a.device)] == 0).float().mean())
 
 
 def _num(x):

@@ -37,6 +37,11 @@ def test_outputs_and_checkpoint_keys(pil_run):
     assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all()
     summary = json.loads((out / "cv_summary.json").read_text())
     assert [f["fold"] for f in summary["folds"]] == [1, 2]
+    for f in summary["folds"]:  # the fold summary describes the saved best checkpoint
+        ckpt = torch.load(out / f"test_resnet_fold{f['fold']}.pth", weights_only=True)
+        assert f["best_epoch"] == ckpt["epoch"] and f["val_auc_per_label"] == ckpt["val_auc_per_label"]
+        a = ckpt["refiner"]["A"]
+        assert f["refiner_sparsity"] == pytest.approx((a[~torch.eye(14, dtype=torch.bool)] == 0).float().mean())
     assert summary["mean_auc"] == pytest.approx(np.mean([f["val_auc"] for f in summary["folds"]]))
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["fold"], r["epoch"]) for r in lines] == [(1, 1), (1, 2), (2, 1), (2, 2)]
