@@ -72,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg["labels"] = parse_label_list(args.labels)
     if args.shards is None and (not args.train_csv or not args.train_dir):
         raise UserError("--train_csv and --train_dir are required (or give --shards)")
-    if args.folds < 2:
-        raise UserError(f"--folds must be at least 2, got {args.folds}")
     device = resolve_device(args.device)
     dist_device = dist.setup(device.type)
     device = dist_device or device
