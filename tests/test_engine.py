@@ -159,15 +159,20 @@ def test_optimizer_groups():
     assert [g["name"] for g in no_ref.param_groups] == ["decay", "no_decay"]
 
 
+def _lrs(opt, sched, n: int) -> list[float]:
+    """The learning rate seen by each of n optimiser steps."""
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
 def test_lr_schedule_shape():
     p = nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=2.0)
-    sched = build_scheduler(opt, warmup_steps=5, total_steps=25)
-    lrs = []
-    for _ in range(26):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = _lrs(opt, build_scheduler(opt, warmup_steps=5, total_steps=25), 26)
     assert lrs[0] == pytest.approx(2.0 / 5)  # starts at lr / warmup_steps, not 0
     assert np.allclose(np.diff(lrs[:5]), 2.0 / 5)  # linear warm-up
     assert max(lrs) == pytest.approx(2.0) and lrs[4] == pytest.approx(2.0) and lrs[5] == pytest.approx(2.0)
@@ -180,12 +185,7 @@ def test_lr_schedule_shape():
 def test_lr_schedule_without_warmup():
     p = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
-    sched = build_scheduler(opt, warmup_steps=0, total_steps=4)
-    lrs = []
-    for _ in range(5):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = _lrs(opt, build_scheduler(opt, warmup_steps=0, total_steps=4), 5)
     assert lrs == pytest.approx([1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5, 0.5 - 0.5 * math.cos(math.pi / 4), 0.0])
 
 
