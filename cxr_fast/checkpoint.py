@@ -6,12 +6,12 @@ dict, with "A"; None with --no-refiner), labels, config, fold, epoch, val_auc, v
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
 import torch
 
+from cxr_fast.atomic import atomic_path
 from cxr_fast.errors import UserError
 
 CHECKPOINT_VERSION = 1
@@ -19,17 +19,8 @@ CHECKPOINT_VERSION = 1
 
 def save_atomic(obj, path: str | Path) -> None:
     """torch.save to a temporary name in the same folder, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxr_fast.atomic import atomic_path
 from cxr_fast.checkpoint import check_fold_checkpoint, load_checkpoint
 from cxr_fast.data.augment import AugmentSpec
 from cxr_fast.errors import UserError
@@ -86,7 +87,5 @@ def write_predictions_csv(path: str | Path, names: list[str], label_names: list[
     for k, v in reversed(list((extra or {}).items())):
         df.insert(0, k, v)
     df.insert(0, image_col, names)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False, float_format="%.6f")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6f")

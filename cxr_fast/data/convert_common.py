@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxr_fast.atomic import atomic_path
 from cxr_fast.data.table import read_csv_text
 from cxr_fast.errors import UserError
 
@@ -101,13 +100,6 @@ def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: output path is a directory; name a .csv file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            df.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, encoding="utf-8")
     return path

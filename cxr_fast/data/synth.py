@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from cxr_fast.atomic import atomic_path
 from cxr_fast.data.synth_labels import FAINT, LABEL_INDEX, PLANTED_PAIRS, label_structure, sample_labels
 from cxr_fast.data.synth_render import RENDER_SIZE, render
 from cxr_fast.data.table import CHEXPERT_LABELS
@@ -72,9 +73,8 @@ def _write_chunk(job: tuple) -> int:
 def _write_csv(path: Path, names: list[str], labels: np.ndarray) -> None:
     lines = [",".join(["Image_name", *CHEXPERT_LABELS])]
     lines += [",".join([name, *map(str, row.tolist())]) for name, row in zip(names, labels)]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 def _check_args(out: Path, n_train, n_test, size, seed, fmt, bit_depth, workers, overwrite) -> None:
