@@ -24,6 +24,10 @@ RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GRAY_MEAN, GRAY_STD = 0.449, 0.226
 
 
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite training steps: the run cannot continue as configured."""
+
+
 def normalize(images: torch.Tensor, in_chans: int = 1) -> torch.Tensor:
     """uint8 (B,1|3,H,W) -> float32 (B,in_chans,H,W) on the same device: (x/255 - mean) / std with ImageNet stats.
 
@@ -223,7 +227,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
             bad_run += 1
             if bad_run > max_bad_steps:
                 bar.close()
-                raise RuntimeError(
+                raise TrainingDiverged(
                     f"{bad_run} consecutive training steps had a non-finite loss or gradients (last loss {loss_val}); "
                     "the run has diverged: try --no_amp, a lower --lr, or check the input labels")
         else:

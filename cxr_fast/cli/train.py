@@ -63,9 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
     from cxr_fast import dist
     from cxr_fast.data.sources import from_csv, from_shards, shards_for_training
     from cxr_fast.data.table import parse_label_list
+    from cxr_fast.engine import TrainingDiverged
     from cxr_fast.trainer import Run, resolve_device
 
     cfg = vars(args)
@@ -91,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                             group_col=args.group_col, folds=args.folds, seed=args.seed)
         cfg["labels"] = data.label_names
         Run(cfg, data, device).run()
-    except RuntimeError as e:
-        if "non-finite" in str(e) or "CUDA out of memory" in str(e):
-            raise UserError(str(e).splitlines()[0]) from None
-        raise
+    except (TrainingDiverged, torch.OutOfMemoryError) as e:  # the run's settings, not a bug: one line, exit 2
+        raise UserError(str(e).splitlines()[0]) from None
     finally:
         dist.cleanup()
     return 0
