@@ -184,7 +184,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     (None without a refiner).
 
     A step with a non-finite loss (or, without a grad scaler, non-finite gradients) is skipped: no optimiser, prox
-    or EMA update. More than `max_bad_steps` such steps in a row raise RuntimeError. Under fp16 a gradient overflow
+    or EMA update. More than `max_bad_steps` such steps in a row raise TrainingDiverged. Under fp16 a gradient overflow
     with a finite loss is the GradScaler's business (it skips the step and lowers its scale): counted in
     overflow_steps, not as a bad step. The LR schedule and the global step advance on every iteration, so the LR
     is a function of the iteration alone (identical on every DDP rank, cosine still ending at 0).
