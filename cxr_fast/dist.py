@@ -41,6 +41,18 @@ def setup(device_kind: str, timeout_s: int = 1800) -> torch.device | None:
     return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 
 
+def finish() -> None:
+    """End of a successful run: every rank waits here until rank 0 has written its outputs.
+
+    It is also what keeps the exit clean. DDP keeps the gloo process group (and its worker threads) alive past
+    `destroy_process_group`; a worker that is still releasing the tensors of the last `all_gather_object` needs the
+    GIL, and if the interpreter is already finalising, that thread aborts the process ("terminate called without an
+    active exception", SIGABRT). While a rank waits in this barrier the GIL is free, so that release completes first;
+    the barrier's own tensor is created in C++ and needs no GIL.
+    """
+    barrier()
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                             group_col=args.group_col, folds=args.folds, seed=args.seed)
         cfg["labels"] = data.label_names
         Run(cfg, data, device).run()
+        dist.finish()
     except (TrainingDiverged, torch.OutOfMemoryError) as e:  # the run's settings, not a bug: one line, exit 2
         raise UserError(str(e).splitlines()[0]) from None
     finally:
