@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_fast.atomic import atomic_path
 from cxr_fast.errors import UserError
 
 
@@ -50,6 +51,6 @@ def plot_heatmap(a: np.ndarray, labels: list[str], out: str | Path, title: str =
     ax.set_title(title)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".").lower() or "png")
     plt.close(fig)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxr_fast.atomic import write_text_atomic
 from cxr_fast.errors import UserError
 
 # Config keys that must match for --resume to continue a run.
@@ -63,4 +64,4 @@ def trim_metrics(path: Path, fold: int, last_epoch: int) -> None:
     if not path.exists():
         return
     recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs if not (r["fold"] == fold and r["epoch"] > last_epoch)))
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in recs if not (r["fold"] == fold and r["epoch"] > last_epoch)))

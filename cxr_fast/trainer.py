@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cxr_fast import dist, resume
+from cxr_fast.atomic import atomic_path, write_json_atomic
 from cxr_fast.checkpoint import best_checkpoint, load_checkpoint, save_atomic
 from cxr_fast.data.augment import AugmentSpec
 from cxr_fast.data.folds import write_folds_csv
@@ -76,7 +77,7 @@ class Run:
             folds_csv = self.out / "folds.csv"
             if self.cfg["resume"]:
                 resume.check_folds(folds_csv, names, folds, self.cfg["image_col"])
-            cfg_path.write_text(json.dumps(self.cfg, indent=2) + "\n")
+            write_json_atomic(cfg_path, self.cfg)
             write_folds_csv(folds_csv, names, folds, image_col=self.cfg["image_col"])
         dist.barrier()
 
@@ -229,9 +230,9 @@ class Run:
         if st["best_sparsity"] is not None:
             result["refiner_sparsity"] = st["best_sparsity"]
         if self.main:
-            np.savez(self.state_dir / f"fold{k}_oof.npz", index=st["best_index"].numpy(),
-                     probs=st["best_probs"].numpy())
-            (self.state_dir / f"fold{k}.json").write_text(json.dumps(result, indent=2) + "\n")
+            with atomic_path(self.state_dir / f"fold{k}_oof.npz") as tmp, open(tmp, "wb") as f:
+                np.savez(f, index=st["best_index"].numpy(), probs=st["best_probs"].numpy())
+            write_json_atomic(self.state_dir / f"fold{k}.json", result)
         dist.barrier()
         return result
 
@@ -294,7 +295,7 @@ class Run:
         if self.main:
             write_predictions_csv(self.out / "oof.csv", [self.data.names[i] for i in index], names, probs,
                                   image_col=self.cfg["image_col"], extra={"fold": self.data.folds[index]})
-            (self.out / "cv_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json_atomic(self.out / "cv_summary.json", summary)
             self.log("\nfold  best_epoch  val_macro_auc")
             for r in results:
                 self.log(f"{r['fold']:>4}  {r['best_epoch']:>10}  {_fmt(r['val_auc'])}")

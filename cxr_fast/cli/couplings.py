@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from cxr_fast.atomic import write_json_atomic
 from cxr_fast.errors import UserError, cli_entry
 
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"labels": labels, "A": a.tolist(), "top": top, "nonzero_fraction": float((off != 0).mean()),
                "checkpoints": [str(c) for c in args.checkpoints]}
     json_path = out.with_suffix(".json")
-    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(json_path, summary)
     for name, lst in top.items():
         print(f"{name} → " + (", ".join(f"{d['label']} ({d['A']:+.3g})" for d in lst) if lst else "(none)"))
     print(f"A: {(off != 0).mean():.0%} of off-diagonal entries non-zero")

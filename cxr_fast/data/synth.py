@@ -8,7 +8,6 @@ from `synth_render`; their public names are re-exported here.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from multiprocessing import Pool
@@ -18,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cxr_fast.atomic import atomic_path
+from cxr_fast.atomic import atomic_path, write_json_atomic
 from cxr_fast.data.synth_labels import FAINT, LABEL_INDEX, PLANTED_PAIRS, label_structure, sample_labels
 from cxr_fast.data.synth_render import RENDER_SIZE, render
 from cxr_fast.data.table import CHEXPERT_LABELS
@@ -133,6 +132,6 @@ def generate(out: str | Path, n_train: int = 600, n_test: int = 100, size: int =
     meta = {"version": VERSION, **label_structure(splits["train"][2]),
             "generator": {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed, "format": fmt,
                           "bit_depth": bit_depth}}
-    paths["couplings_json"].write_text(json.dumps(meta, indent=2) + "\n")
+    write_json_atomic(paths["couplings_json"], meta)
     _write_csv(paths["train_csv"], splits["train"][1], splits["train"][2])
     return paths
