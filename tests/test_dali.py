@@ -162,16 +162,36 @@ def test_alignment_after_train_augmentation(synth, fused):
     check_alignment(epoch(build_dali_loader(synth, spec, 6, CPU, num_workers=2, seed=1, fused_warp=fused)))
 
 
-def test_jitter_moves_grey_levels_within_bounds(synth):
+def test_jitter_on_flat_images_is_brightness_only(synth):
     spec = AugmentSpec(img_size=16, jitter=0.2, rotate_deg=0)
     batches = epoch(build_dali_loader(synth, spec, 9, CPU, num_workers=2, seed=1))
-    images = torch.cat([b[0] for b in batches]).float().flatten(1).median(1).values
+    images = torch.cat([b[0] for b in batches]).float().flatten(1)
     g = torch.from_numpy(grey(indices(batches))).float()
-    # out = b * (128 + c * (g - 128)) with b, c in [0.8, 1.2]
-    lo = torch.minimum(0.8 * (128 + 0.8 * (g - 128)), 0.8 * (128 + 1.2 * (g - 128)))
-    hi = torch.maximum(1.2 * (128 + 0.8 * (g - 128)), 1.2 * (128 + 1.2 * (g - 128))).clamp(max=255)
-    assert torch.all(images >= lo - 2) and torch.all(images <= hi + 2)
-    assert (images - g).abs().max() > 3  # it does move
+    assert torch.all(images.max(1).values - images.min(1).values <= 1)  # contrast about the mean leaves flat flat
+    ratio = images.mean(1) / g
+    assert torch.all(ratio >= 0.8 - 0.6 / g) and torch.all(ratio <= 1.2 + 0.6 / g)  # b in [0.8, 1.2], +- rounding
+    assert (images.mean(1) - g).abs().max() > 3  # it does move
+
+
+@pytest.mark.parametrize("pipeline", ["pil", "dali"])
+def test_jitter_contrast_pivots_on_the_mean(tmp_path, pipeline):
+    """Two-level images (mean 60, far from mid-grey): brightness b scales the mean, contrast c scales the spread
+    about it, both within [1 - j, 1 + j], in both pipelines (PIL's ImageEnhance semantics)."""
+    lo_hi = (40, 80)
+    img = np.full((32, 32), lo_hi[0], np.uint8)
+    img[:, ::2] = lo_hi[1]  # vertical stripes: any crop keeps mean 60, spread 20
+    out = _write(tmp_path, [img] * 12, [["0", "1", "0", "1"]] * 12, folds=3, seed=0, resize=0, samples_per_shard=8)
+    samples = sample_set(out, load_manifest(out), FOLDS)
+    spec = AugmentSpec(img_size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate_deg=0, flip_p=0, jitter=0.2)
+    from cxr_fast.pipelines import build_loader
+
+    images = torch.cat([b[0] for b in build_loader(pipeline, samples, spec, 4, CPU, num_workers=1, seed=3)])
+    x = images.float().flatten(1)
+    b = x.mean(1) / 60
+    c = x.std(1) / (20 * b)
+    assert torch.all((b > 0.8 - 0.02) & (b < 1.2 + 0.02)), b
+    assert torch.all((c > 0.8 - 0.06) & (c < 1.2 + 0.06)), c
+    assert b.std() > 0.01 and c.std() > 0.01  # both drawn per sample
 
 
 def test_deterministic_for_a_seed(synth):

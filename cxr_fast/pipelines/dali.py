@@ -6,7 +6,7 @@ Per sample, the graph is
     train: decoders.image_random_crop    decodes only the random-area crop window ("mixed" = GPU decode on CUDA)
            [-> resize to S x S]          linear, antialiased; GPU default only (see below)
            -> warp_affine                nearest: rotation and horizontal flip (and, fused, crop -> S x S)
-           -> brightness_contrast        only when spec.jitter > 0
+           -> jitter                     only when spec.jitter > 0: brightness, then contrast about the mean
     eval:  decoders.image -> resize      the whole image squashed to S x S, linear + antialias (as PIL's BILINEAR)
 
 and a batch leaves as (images uint8 (B, 1, S, S), labels float32 (B, C), index int64 (B,)) on the loader's device.
@@ -108,11 +108,23 @@ def _train_images(encoded, spec: AugmentSpec, decode_kw: dict, fused_warp: bool)
         m = fn.transforms.translation(m, offset=fn.stack(w / 2, h / 2))
         img = fn.warp_affine(img, matrix=m, size=[s, s], interp_type=types.INTERP_NN, fill_value=0, inverse_map=True)
     if spec.jitter > 0:
-        # PIL's ImageEnhance.Contrast pivots on the image's mean grey; DALI's on a fixed level (mid-grey here).
-        j = [1.0 - spec.jitter, 1.0 + spec.jitter]
-        img = fn.brightness_contrast(img, brightness=fn.random.uniform(range=j), contrast=fn.random.uniform(range=j),
-                                     contrast_center=128.0)
+        img = _jitter(img, spec.jitter)
     return img
+
+
+def _jitter(img, jitter: float):
+    """As the PIL path (ImageEnhance.Brightness, then .Contrast): x = clamp(b * img), out = m + c * (x - m), with m the
+    mean grey of x, so contrast keeps the mean. fn.brightness_contrast can't do this: its pivot is a CPU-side argument,
+    and on the GPU the mean lives on the device, so plain arithmetic ops do it on either backend."""
+    from nvidia.dali import fn, math, types
+
+    j = [1.0 - jitter, 1.0 + jitter]
+    b, c = fn.random.uniform(range=j), fn.random.uniform(range=j)
+    if img.device == "gpu":
+        b, c = b.gpu(), c.gpu()
+    x = math.clamp(img * b, 0.0, 255.0)
+    m = fn.reductions.mean(x)  # one value per sample, broadcast below
+    return fn.cast(math.clamp(m + c * (x - m), 0.0, 255.0), dtype=types.UINT8)
 
 
 def _eval_images(encoded, spec: AugmentSpec, decode_kw: dict):
