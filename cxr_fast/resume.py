@@ -60,8 +60,17 @@ def check_folds(folds_csv: Path, names: list[str], folds: np.ndarray, image_col:
 
 
 def trim_metrics(path: Path, fold: int, last_epoch: int) -> None:
-    """Drop the metrics.jsonl lines of `fold`'s epochs after `last_epoch` (they will run again)."""
+    """Drop the metrics.jsonl lines of `fold`'s epochs after `last_epoch` (they will run again), and a last line
+    cut short by a kill during its append."""
     if not path.exists():
         return
-    recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in recs if not (r["fold"] == fold and r["epoch"] > last_epoch)))
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    recs = []
+    for n, ln in enumerate(lines, 1):
+        try:
+            recs.append(json.loads(ln))
+        except json.JSONDecodeError:
+            if n < len(lines):
+                raise UserError(f"{path}: line {n} is not JSON; fix or delete the file to --resume") from None
+    keep = [r for r in recs if not (r["fold"] == fold and r["epoch"] > last_epoch)]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))

@@ -139,3 +139,17 @@ def test_resume_refuses_other_folds(synth_data, tmp_path, capsys):
         train_cli.main([*argv, "--resume"])
     assert e.value.code == 2
     assert "would assign other folds" in capsys.readouterr().err
+
+
+def test_trim_metrics_drops_rerun_epochs_and_a_cut_last_line(tmp_path):
+    from cxr_fast.errors import UserError
+    from cxr_fast.resume import trim_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    recs = [{"fold": 1, "epoch": 1}, {"fold": 1, "epoch": 2}, {"fold": 2, "epoch": 1}, {"fold": 2, "epoch": 2}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"fold": 2, "ep')  # killed mid-append
+    trim_metrics(path, 2, 1)
+    assert [json.loads(ln) for ln in path.read_text().splitlines()] == recs[:3]
+    path.write_text('{"fold": 1\n' + json.dumps(recs[0]) + "\n")  # damage before the end is not ours to drop
+    with pytest.raises(UserError, match="line 1 is not JSON"):
+        trim_metrics(path, 1, 0)
