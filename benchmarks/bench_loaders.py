@@ -135,15 +135,16 @@ def build(name: str, files: SampleSet, shards: SampleSet, img_size: int, batch_s
           device: torch.device, seed: int = 0, to_device: bool = False):
     """The loader of row `name` (training augmentation) over the same rows, at `img_size`.
 
-    to_device: dali-cpu's batches are moved to `device` (for a training step); otherwise they stay on the CPU."""
+    to_device: the CPU rows' batches are moved to `device` (for a training step); otherwise they stay on the CPU,
+    so the loader-only rows compare like with like (dali-gpu alone delivers on the GPU)."""
     spec = AugmentSpec.for_training(img_size)
     cpu = torch.device("cpu")
     if name == "pil-files":
-        return OriginalLoader(files, img_size, batch_size, device, workers, seed)
+        return OriginalLoader(files, img_size, batch_size, device if to_device else cpu, workers, seed)
     if name == "pil-shards":
         from cxr_fast.pipelines.pil import build_pil_loader
 
-        return build_pil_loader(shards, spec, batch_size, device, num_workers=workers, seed=seed)
+        return build_pil_loader(shards, spec, batch_size, device if to_device else cpu, num_workers=workers, seed=seed)
     if name in ("dali-cpu", "dali-cpu-exact", "dali-gpu"):
         from cxr_fast.pipelines.dali import build_dali_loader
 

@@ -41,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shard_size", type=int, default=512, help="cxr-shard --resize")
     p.add_argument("--img_size", type=int, default=380, help="loader output size")
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where batches go and the end-to-end rows train (auto: CUDA when present)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                    help="DataLoader worker processes = DALI threads = shard packing workers (default: usable cores)")
     p.add_argument("--repeats", type=int, default=3)
@@ -87,7 +89,9 @@ def _pipelines(args, cuda: bool, log) -> list[str]:
 
 def run(args: argparse.Namespace, log=print) -> tuple[dict, dict]:
     """The whole benchmark; returns (results, {"json"|"md"|"png": path})."""
-    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this machine has no CUDA device")
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
     names = _pipelines(args, cuda, log)
     res = {"schema_version": bench_report.SCHEMA_VERSION, "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace, log=print) -> tuple[dict, dict]:
     B, W = args.batch_size, args.workers
     if len(bd.all_folds) < B:
         raise UserError(f"{len(bd.all_folds)} images do not fill one batch of --batch_size {B}")
-    skip = skip_batches(W)
+    skip = skip_batches(W, len(bd.all_folds) // B)
     res["config"] = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                      "pipelines": names, "device": str(device), "skip_batches": skip}
 
@@ -136,10 +140,10 @@ def run(args: argparse.Namespace, log=print) -> tuple[dict, dict]:
     return res, bench_report.write(res, Path(args.out), args.name)
 
 
-def skip_batches(workers: int) -> int:
+def skip_batches(workers: int, n_batches: int) -> int:
     """Batches left out of the steady-state window: >= DALI's prefetch depth (2) and the DataLoader's simultaneous
-    first batches (one per worker)."""
-    return max(2, workers)
+    first batches (one per worker), but at most half the epoch, so that many-core machines still time a window."""
+    return min(max(2, workers), max(1, n_batches // 2))
 
 
 def default_model(device: torch.device) -> str:
@@ -163,7 +167,7 @@ def end_to_end(args, bd: bench_data.BenchData, model: str, names: list[str], dev
     builders["bound"] = lambda: bench_loaders.FixedBatches(fixed, n_batches)
     log(f"end-to-end rows: {model} at {size} px on {device}, {n_batches * B} images per epoch: {', '.join(builders)}")
     step(bench_loaders.FixedBatches(fixed, 2))  # model warm-up: allocations, kernels, optimizer state
-    rows = bench_timing.train_rows(builders, args.repeats, step, skip_batches(W), device, args.settle, log)
+    rows = bench_timing.train_rows(builders, args.repeats, step, skip_batches(W, n_batches), device, args.settle, log)
     bound = rows["bound"]["img_per_s"]["median"]
     for r in rows.values():
         r["fraction_of_bound"] = r["img_per_s"]["median"] / bound

@@ -18,9 +18,23 @@ CHECKPOINT_VERSION = 1
 
 
 def save_atomic(obj, path: str | Path) -> None:
-    """torch.save to a temporary name in the same folder, fsync, then rename: never a half-written file."""
+    """torch.save to a temporary name in the same folder, fsync, then rename: never a half-written file.
+    Tensors are saved from the CPU, so a plain torch.load works on a machine without a GPU."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save(_to_cpu(obj), tmp)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        out = type(obj)((k, _to_cpu(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a module state_dict's per-module versions
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

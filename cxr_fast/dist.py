@@ -58,9 +58,10 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
+def barrier(timeout_s: float | None = None) -> None:
+    """All ranks meet here; `timeout_s` overrides the process group's timeout (for a long wait on rank 0's work)."""
     if world() > 1:
-        dist.barrier()
+        dist.barrier(timeout=None if timeout_s is None else datetime.timedelta(seconds=timeout_s))
 
 
 def gather_predictions(*arrays: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -7,6 +7,7 @@ already on the device (see `cxr_fast.pipelines`). No file I/O here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import warnings
@@ -22,6 +23,14 @@ from cxr_fast.model.ema import ModelEma
 # ImageNet statistics; a grey radiograph fed to a 1-channel network uses the mean of the RGB ones
 RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GRAY_MEAN, GRAY_STD = 0.449, 0.226
+
+
+@functools.cache
+def _rgb_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std in 0..255 units, (1, 3, 1, 1), made once per device (no host-to-device copy per batch)."""
+    mean = torch.tensor(RGB_MEAN, device=device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(RGB_STD, device=device).view(1, 3, 1, 1) * 255.0
+    return mean, std
 
 
 class TrainingDiverged(RuntimeError):
@@ -44,8 +53,7 @@ def normalize(images: torch.Tensor, in_chans: int = 1) -> torch.Tensor:
         return x.sub_(255.0 * GRAY_MEAN).div_(255.0 * GRAY_STD)
     if in_chans == 3:
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        mean = torch.tensor(RGB_MEAN, device=x.device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(RGB_STD, device=x.device).view(1, 3, 1, 1) * 255.0
+        mean, std = _rgb_stats(x.device)
         return (x - mean) / std
     raise ValueError(f"normalize: in_chans must be 1 or 3, got {in_chans}")
 

@@ -21,9 +21,12 @@ RESUME_KEYS = ("model", "img_size", "epochs", "batch_size", "lr", "folds", "seed
 
 
 def rng_state() -> dict:
-    """torch / CUDA / numpy / Python RNG states as tensors and tuples of ints (torch.load(weights_only=True) safe)."""
+    """torch / CUDA / numpy / Python RNG states as tensors and tuples of ints (torch.load(weights_only=True) safe).
+
+    CUDA: the current device's generator only. Every rank seeds it alike (torch.manual_seed), and a resume may see
+    fewer or other GPUs than the run that saved it."""
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    return {"torch": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
             "python": random.getstate()}
 
@@ -31,7 +34,7 @@ def rng_state() -> dict:
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+        torch.cuda.set_rng_state(s["cuda"][0])  # onto the current device
     n = s["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     v, st, g = s["python"]

@@ -41,3 +41,20 @@ def test_heatmap_format_follows_the_suffix(tmp_path, suffix, magic):
     plot_heatmap(np.array([[0.0, 0.1], [-0.2, 0.0]]), ["a", "b"], out)
     assert out.read_bytes().startswith(magic)
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_checkpoint_round_trip_keeps_structure_and_state_dict_metadata(tmp_path):
+    import torch
+
+    from cxr_fast.checkpoint import load_checkpoint, save_atomic
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    sd = net.state_dict()
+    obj = {"model": sd, "rng": {"cuda": [], "python": (3, (1, 2), None)}, "list": [torch.ones(2), 1.5]}
+    save_atomic(obj, tmp_path / "c.pth")
+    back = load_checkpoint(tmp_path / "c.pth")
+    assert back["model"]._metadata == sd._metadata  # module versions survive the copy to CPU
+    assert all(torch.equal(back["model"][k], v) for k, v in sd.items())
+    assert back["rng"] == obj["rng"] and torch.equal(back["list"][0], obj["list"][0]) and back["list"][1] == 1.5
+    torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).load_state_dict(back["model"])
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pth"]

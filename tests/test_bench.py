@@ -25,7 +25,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     args = throughput.parse_args([
         "--synthetic", str(N), "--source_size", "96", "--shard_size", "64", "--img_size", "48",
-        "--batch_size", str(B), "--workers", "2", "--repeats", "1", "--pipelines", *CPU_ROWS,
+        "--batch_size", str(B), "--device", "cpu", "--workers", "2", "--repeats", "1", "--pipelines", *CPU_ROWS,
         "--model", "test_resnet", "--e2e_img_size", "48", "--out", str(tmp / "out"), "--cache", str(tmp / "cache"),
         "--settle", "0", "--breakdown_images", "4", "--name", "smoke"])
     res, paths = throughput.run(args, log=lambda msg: None)

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             require_dali()  # fail before building shards when DALI is absent
         if args.pipeline == "dali" and args.shards is None:
             cfg["shards"] = str(shards_for_training(cfg, build=dist.is_main()))
-            dist.barrier()
+            dist.barrier(timeout_s=24 * 3600)  # rank 0 may be packing a whole CheXpert/NIH set meanwhile
         if cfg["shards"] is not None:
             data = from_shards(cfg["shards"], labels=cfg["labels"], test_dir=args.test_dir)
         else:
