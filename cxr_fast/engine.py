@@ -28,8 +28,9 @@ GRAY_MEAN, GRAY_STD = 0.449, 0.226
 @functools.cache
 def _rgb_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """ImageNet mean and std in 0..255 units, (1, 3, 1, 1), made once per device (no host-to-device copy per batch)."""
-    mean = torch.tensor(RGB_MEAN, device=device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(RGB_STD, device=device).view(1, 3, 1, 1) * 255.0
+    with torch.inference_mode(False):  # plain tensors even when first asked for under inference_mode
+        mean = torch.tensor(RGB_MEAN, device=device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(RGB_STD, device=device).view(1, 3, 1, 1) * 255.0
     return mean, std
 
 
