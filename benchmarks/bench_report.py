@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from cxr_fast.atomic import atomic_path, write_text_atomic
+
 SCHEMA_VERSION = 1
 
 # (id, numerator row, denominator row or "bound", ratio, machine class it is meant for, where the rows live)
@@ -108,8 +110,8 @@ def write(res: dict, out_dir: Path, stem: str | None = None) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or f"{machine_name(res['machine'])}-{dt.date.today().isoformat()}"
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png"}
-    paths["json"].write_text(json.dumps(res, indent=1) + "\n")
-    paths["md"].write_text(markdown(res) + "\n")
+    write_text_atomic(paths["json"], json.dumps(res, indent=1) + "\n")
+    write_text_atomic(paths["md"], markdown(res) + "\n")
     chart(res, paths["png"])
     return paths
 
@@ -209,5 +211,6 @@ def chart(res: dict, path: Path) -> None:
     m = res["machine"]
     fig.suptitle(f"{m['cpu_model']} x{m['cores_usable']}, GPU {m['gpu'] or 'none'}, {res['date']}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
