@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from cxr_fast.data.augment import AugmentSpec
-from cxr_fast.pipelines import SampleSet
+from cxr_fast.data.samples import SampleSet
 from cxr_fast.pipelines.pil import ShardDataset, random_resized_crop_box
 
 CATEGORIES = ("decode", "augment", "to tensor", "collate")

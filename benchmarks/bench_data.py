@@ -13,10 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr_fast.data.shards import load_manifest, read_samples, sample_set, write_shards
-from cxr_fast.data.synth import generate
+from cxr_fast.data.samples import SampleSet
 from cxr_fast.errors import UserError
-from cxr_fast.pipelines import SampleSet
+from cxr_fast.shards.read import load_manifest, read_samples, sample_set
+from cxr_fast.shards.writer import write_shards
+from cxr_fast.synth.write import generate
 
 FOLDS = 2  # the minimum cxr-shard accepts; every row reads all folds
 SEED = 0

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from cxr_fast.data.augment import AugmentSpec
-from cxr_fast.pipelines import SampleSet
+from cxr_fast.data.samples import SampleSet
 
 LOADER_ROWS = ("pil-files", "pil-shards", "dali-cpu", "dali-cpu-exact", "dali-gpu", "decode-ceiling")
 TRAIN_ROWS = ("pil-files", "pil-shards", "dali-cpu", "dali-gpu")  # run end to end (dali-cpu-exact: loader only)

@@ -4,7 +4,7 @@ Loader rows: each repeat is one epoch of the loader; its rate is taken in steady
 `skip` - 1 to the last batch (`skip` >= the worker count and DALI's prefetch depth), so neither the batches a
 pipeline prefetched while another row was being timed nor the workers' simultaneous first batches count.
 Between rows the benchmark sleeps `settle` seconds, so one row's background prefetch does not steal the next
-row's CPU. Training rows call `cxr_fast.engine.train_one_epoch` itself over one epoch; `Clocked` notes when each
+row's CPU. Training rows call `cxr_fast.train.engine.train_one_epoch` itself over one epoch; `Clocked` notes when each
 batch was asked for and handed over, so the same steady-state window (and the data wait inside it) is taken
 there too, beside train_one_epoch's own whole-epoch figures (which include the pipeline's start-up).
 """

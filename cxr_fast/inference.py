@@ -10,10 +10,11 @@ import pandas as pd
 import torch
 
 from cxr_fast.atomic import atomic_path
-from cxr_fast.checkpoint import check_fold_checkpoint, load_checkpoint
 from cxr_fast.data.augment import AugmentSpec
+from cxr_fast.data.samples import SampleSet
 from cxr_fast.errors import UserError
-from cxr_fast.pipelines import SampleSet, build_loader
+from cxr_fast.pipelines import build_loader
+from cxr_fast.train.checkpoint import check_fold_checkpoint, load_checkpoint
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device):
@@ -59,7 +60,7 @@ def ensemble_predict(checkpoints: list[tuple[Path, dict]], samples: SampleSet, *
     """Mean over folds of each fold model's (TTA-averaged) sigmoid probabilities. Returns (index, probs) sorted by
     index, one row per sample (DDP padding removed)."""
     from cxr_fast import dist
-    from cxr_fast.engine import Amp, predict
+    from cxr_fast.train.engine import Amp, predict
 
     amp = amp or Amp(device, enabled=False)
     total = None

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxr_fast.data.synth import generate
+from cxr_fast.synth.write import generate
 
 TINY = {"n_train": 48, "n_test": 10, "size": 96, "seed": 0}
 
@@ -30,7 +30,7 @@ def long_epoch_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def long_epoch_shards(long_epoch_data, tmp_path_factory) -> Path:
-    from cxr_fast.data.shards import write_shards
+    from cxr_fast.shards.writer import write_shards
 
     out = tmp_path_factory.mktemp("shards_long") / "synth"
     write_shards(long_epoch_data / "train.csv", long_epoch_data / "train", out, test_dir=long_epoch_data / "test",
@@ -41,7 +41,7 @@ def long_epoch_shards(long_epoch_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_shards(synth_data, tmp_path_factory) -> Path:
     """The synthetic dataset sharded into 2 folds (JPEG) with a test split."""
-    from cxr_fast.data.shards import write_shards
+    from cxr_fast.shards.writer import write_shards
 
     out = tmp_path_factory.mktemp("shards") / "synth"
     write_shards(synth_data / "train.csv", synth_data / "train", out, test_dir=synth_data / "test", folds=2, seed=42,

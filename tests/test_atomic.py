@@ -46,7 +46,7 @@ def test_heatmap_format_follows_the_suffix(tmp_path, suffix, magic):
 def test_checkpoint_round_trip_keeps_structure_and_state_dict_metadata(tmp_path):
     import torch
 
-    from cxr_fast.checkpoint import load_checkpoint, save_atomic
+    from cxr_fast.train.checkpoint import load_checkpoint, save_atomic
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     sd = net.state_dict()

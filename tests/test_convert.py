@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 
 from cxr_fast.cli.convert import main
-from cxr_fast.data.convert_chexpert import convert_chexpert, resolve_policies
-from cxr_fast.data.convert_nih import NIH_LABELS, convert_nih
+from cxr_fast.convert.chexpert import convert_chexpert, resolve_policies
+from cxr_fast.convert.nih import NIH_LABELS, convert_nih
 from cxr_fast.data.folds import make_folds
-from cxr_fast.data.images import read_gray8
 from cxr_fast.data.table import CHEXPERT_LABELS, read_table
 from cxr_fast.errors import UserError
+from cxr_fast.images.read import read_gray8
 
 DATA = Path(__file__).parent / "data"
 NIH_ALL = NIH_LABELS + ["No Finding"]

@@ -18,10 +18,11 @@ from PIL import Image
 pytest.importorskip("nvidia.dali")
 
 from cxr_fast.data.augment import AugmentSpec
-from cxr_fast.data.shards import load_manifest, sample_set, write_shards
+from cxr_fast.data.samples import SampleSet
 from cxr_fast.errors import UserError
-from cxr_fast.pipelines import SampleSet
 from cxr_fast.pipelines.dali import build_dali_loader
+from cxr_fast.shards.read import load_manifest, sample_set
+from cxr_fast.shards.writer import write_shards
 
 N = 45  # 3 folds of 15, tars of <= 8 samples
 FOLDS = ["fold1", "fold2", "fold3"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_fast.data.dicom import read_dicom_gray8
-from cxr_fast.data.images import read_gray8
 from cxr_fast.errors import UserError
+from cxr_fast.images.dicom import read_dicom_gray8
+from cxr_fast.images.read import read_gray8
 
 pydicom = pytest.importorskip("pydicom")
 Dataset, FileMetaDataset = pydicom.dataset.Dataset, pydicom.dataset.FileMetaDataset

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_fast.data.images import ImageInfo, read_gray8, window_to_uint8
 from cxr_fast.errors import UserError
+from cxr_fast.images.read import ImageInfo, read_gray8, window_to_uint8
 
 NIH_SAMPLE = Path(__file__).parent / "data" / "00000001_000.png"
 

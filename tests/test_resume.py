@@ -143,7 +143,7 @@ def test_resume_refuses_other_folds(synth_data, tmp_path, capsys):
 
 def test_trim_metrics_drops_rerun_epochs_and_a_cut_last_line(tmp_path):
     from cxr_fast.errors import UserError
-    from cxr_fast.resume import trim_metrics
+    from cxr_fast.train.resume import trim_metrics
 
     path = tmp_path / "metrics.jsonl"
     recs = [{"fold": 1, "epoch": 1}, {"fold": 1, "epoch": 2}, {"fold": 2, "epoch": 1}, {"fold": 2, "epoch": 2}]

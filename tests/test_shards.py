@@ -19,11 +19,12 @@ import pytest
 from PIL import Image
 
 from cxr_fast.cli.shard import main
-from cxr_fast.data import shards as fmt
-from cxr_fast.data.shard_verify import verify_shards
-from cxr_fast.data.shard_writer import write_shards, write_test_shards
 from cxr_fast.data.table import read_table
 from cxr_fast.errors import UserError
+from cxr_fast.shards import format as fmt
+from cxr_fast.shards import read as rd
+from cxr_fast.shards.verify import verify_shards
+from cxr_fast.shards.writer import write_shards, write_test_shards
 
 LABELS = ["Atelectasis", "Cardiomegaly", "Edema", "Effusion", "No Finding"]
 ODD_NAMES = ["CheXpert-v1.0/train/patient00001/study1/view1_frontal.jpg", "a.b c/ü.png", "x,y 'q\".png"]
@@ -118,8 +119,8 @@ def test_roundtrip_dali_cpu(built):
     root, out, man = built
     table = read_table(root / "train.csv", labels=LABELS, uncertain="ignore", missing="ignore")
     folds = [f"fold{k}" for k in (1, 2, 3)]
-    pairs = fmt.split_shards(out, man, "fold1") + fmt.split_shards(out, man, "fold2") + \
-        fmt.split_shards(out, man, "fold3")
+    pairs = rd.split_shards(out, man, "fold1") + rd.split_shards(out, man, "fold2") + \
+        rd.split_shards(out, man, "fold3")
 
     @dali.pipeline_def(batch_size=8, num_threads=1, device_id=None)
     def pipe():
@@ -145,7 +146,7 @@ def test_roundtrip_dali_cpu(built):
             got[i] = got.get(i, 0) + 1
     assert set(got) == set(range(40))  # padding repeats the last sample only
     # the order DALI reads equals the order sample_set promises to the loaders
-    ss = fmt.sample_set(out, man, folds)
+    ss = rd.sample_set(out, man, folds)
     assert [t for t, _ in ss.shards] == [t for t, _ in pairs] and len(ss) == 40
     np.testing.assert_array_equal(ss.labels, table.labels[ss.index])
 
@@ -155,12 +156,12 @@ def test_samples_csv_and_sample_set_follow_tar_order(built):
 
     _, out, man = built
     for splits in (["fold2", "fold1"], ["test"]):
-        ss = fmt.sample_set(out, man, splits)
+        ss = rd.sample_set(out, man, splits)
         order = [int(np.frombuffer(s["index"], "<i8")[0])
                  for s in wds.WebDataset([str(t) for t, _ in ss.shards], shardshuffle=False, empty_check=False)]
         assert order == ss.index.tolist()
         assert ss.image_hint == (64, 64) and ss.labels.dtype == np.float32
-    df = fmt.read_samples(out)
+    df = rd.read_samples(out)
     assert set(ODD_NAMES) <= set(df["name"])
     assert df.loc[df["split"] == "test", "fold"].isna().all()
 
@@ -207,7 +208,7 @@ def test_resize_longest_side_never_upscale(tmp_path):
     root = make_data(tmp_path, n=6, n_test=1, size=32)
     Image.fromarray(_pixels(0, 200, 300)).save(root / "train" / ODD_NAMES[1])  # 300 wide x 200 high
     man = build(root, tmp_path / "out", resize=100, folds=2, image_format="png")
-    df = fmt.read_samples(tmp_path / "out")
+    df = rd.read_samples(tmp_path / "out")
     sizes = {}
     import webdataset as wds
 
@@ -241,7 +242,7 @@ def test_16bit_png_is_windowed_not_truncated(tmp_path):
 def test_group_col_keeps_groups_in_one_fold(tmp_path):
     root = make_data(tmp_path, n=30, n_test=1)
     build(root, tmp_path / "out", group_col="Patient")
-    df = fmt.read_samples(tmp_path / "out")
+    df = rd.read_samples(tmp_path / "out")
     groups = pd.read_csv(root / "train.csv")["Patient"].to_numpy()
     per_group = df[df["split"] != "test"].assign(g=lambda d: groups[d["index"]]).groupby("g")["fold"].nunique()
     assert (per_group == 1).all() and len(per_group) == 10
@@ -261,8 +262,8 @@ def test_test_only_shards(tmp_path):
     root = make_data(tmp_path, n=3, n_test=5)
     man = write_test_shards(root / "test", tmp_path / "out", LABELS, samples_per_shard=2, workers=1, progress=False,
                             log=None)
-    assert man["folds"] == 0 and fmt.split_names(man) == ["test"] and len(man["shards"]) == 3
-    ss = fmt.sample_set(tmp_path / "out", man, ["test"])
+    assert man["folds"] == 0 and rd.split_names(man) == ["test"] and len(man["shards"]) == 3
+    ss = rd.sample_set(tmp_path / "out", man, ["test"])
     assert sorted(ss.index.tolist()) == list(range(5)) and np.isnan(ss.labels).all()
     assert verify_shards(tmp_path / "out", workers=1)[0] == []
 
@@ -293,7 +294,7 @@ def test_rerun_is_noop_and_changed_args_refused(tmp_path, capsys):
 
     # --overwrite replaces everything: 20 rows in shards of 3 make more tars than before, none left over
     assert main(cli_args(root, out, "--seed", "7", "--samples_per_shard", "3", "--overwrite")) == 0
-    man = fmt.load_manifest(out)
+    man = rd.load_manifest(out)
     assert man["seed"] == 7
     tars = sorted(p.name for p in out.glob("*.tar"))
     assert tars == sorted(s["tar"] for s in man["shards"])
@@ -319,7 +320,7 @@ def test_kill_9_leaves_no_manifest_and_rerun_completes(tmp_path):
     assert not (out / "manifest.json").exists()
     assert [p for p in out.iterdir() if p.suffix == ".tar"]  # it did leave shards behind
     with pytest.raises(UserError, match="manifest.json: not found"):
-        fmt.load_manifest(out)
+        rd.load_manifest(out)
     logs = []
     man = write_shards(root / "train.csv", root / "train", out, samples_per_shard=1, workers=1, progress=False,
                        log=logs.append)
@@ -359,12 +360,12 @@ def test_bad_image_stops_before_writing(tmp_path, capsys, kind):
     assert not out.exists()
 
     assert main(cli_args(root, out, "--folds", "2", "--skip_bad")) == 0
-    man = fmt.load_manifest(out)
+    man = rd.load_manifest(out)
     assert [(r["name"], r["row"], r["split"]) for r in man["rejected"]] == [(name, 4, "train")]
     t = man["totals"]
     assert t["train_written"] + t["train_rejected"] == t["train_rows"] == 12 and t["train_written"] == 11
     assert name not in pd.read_csv(out / "folds.csv")["Image_name"].tolist()
-    assert 4 not in fmt.read_samples(out)["index"].tolist()
+    assert 4 not in rd.read_samples(out)["index"].tolist()
     assert verify_shards(out, workers=1)[0] == []
 
 
@@ -424,7 +425,7 @@ def test_unknown_manifest_version_refused(built, tmp_path, capsys):
     m["version"] = 99
     (out / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match=r"manifest\.json: shard format 'cxr_fast-shards' version 99"):
-        fmt.load_manifest(out)
+        rd.load_manifest(out)
     with pytest.raises(SystemExit) as e:
         main(["verify", str(out)])
     assert e.value.code == 2 and "version 99" in capsys.readouterr().err

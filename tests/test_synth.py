@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from cxr_fast.cli.synth import main
-from cxr_fast.data import synth
-from cxr_fast.data.images import read_gray8
 from cxr_fast.data.table import CHEXPERT_LABELS
 from cxr_fast.errors import UserError
+from cxr_fast.images.read import read_gray8
+from cxr_fast.synth import write as synth
 
 L = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
 SMALL = {"n_train": 40, "n_test": 12, "size": 64, "seed": 3, "progress": False}

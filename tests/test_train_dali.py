@@ -123,7 +123,8 @@ def test_dali_kill9_mid_epoch_then_resume(long_epoch_data, long_epoch_shards, tm
 def test_corrupt_shard_member_is_one_line_for_dali(synth_shards, tmp_path, capsys):
     """An image member overwritten in place (same size, so the cheap size check passes): DALI's error becomes one
     line pointing at cxr-shard verify, exit 2."""
-    from cxr_fast.data.shards import load_manifest, read_index
+    from cxr_fast.shards.format import read_index
+    from cxr_fast.shards.read import load_manifest
 
     broken = tmp_path / "shards"
     shutil.copytree(synth_shards, broken)

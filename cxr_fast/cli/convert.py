@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cxr_fast.data.convert_chexpert import (
+from cxr_fast.convert.chexpert import (
     MIMIC_SPLITS,
     MISSING_CHOICES,
     UNCERTAIN_CHOICES,
     convert_chexpert,
     convert_mimic,
 )
-from cxr_fast.data.convert_common import Converted, summary, write_csv_atomic
-from cxr_fast.data.convert_nih import convert_nih
+from cxr_fast.convert.common import Converted, summary, write_csv_atomic
+from cxr_fast.convert.nih import convert_nih
 from cxr_fast.errors import cli_entry
 
 

@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import tempfile
 
-    from cxr_fast.data.sources import shard_resize, test_file_set
+    from cxr_fast.data.run_data import shard_resize, test_file_set
     from cxr_fast.data.table import list_test_images
     from cxr_fast.inference import ensemble_predict, load_fold_checkpoints, write_predictions_csv
-    from cxr_fast.trainer import resolve_device
+    from cxr_fast.train.run import resolve_device
 
     paths = sorted({p for pat in args.checkpoints for p in (glob.glob(pat) or [pat])})
     ckpts = load_fold_checkpoints(paths)
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.shards:
             samples, names = _shard_test_set(args.shards, labels)
         elif args.pipeline == "dali":
-            from cxr_fast.data.shards import write_test_shards
             from cxr_fast.pipelines.dali import require_dali
+            from cxr_fast.shards.writer import write_test_shards
 
             require_dali()  # fail before encoding anything when DALI is absent
             resize = shard_resize(max(int(ck["config"]["img_size"]) for _, ck in ckpts))
@@ -68,14 +68,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _amp_from(cfg: dict, device):
     """Inference precision as the checkpoint was trained: --no_amp / --amp_dtype from its config."""
-    from cxr_fast.engine import Amp
+    from cxr_fast.train.engine import Amp
 
     return Amp(device, enabled=not cfg.get("no_amp", False), dtype=cfg.get("amp_dtype", "auto"))
 
 
 def _shard_test_set(root, labels):
-    from cxr_fast.data.shards import load_manifest, read_samples, sample_set
-    from cxr_fast.data.sources import names_by_index
+    from cxr_fast.data.run_data import names_by_index
+    from cxr_fast.shards.read import load_manifest, read_samples, sample_set
 
     manifest = load_manifest(root)
     if list(manifest["labels"]) != labels:

@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["verify"]:
         return _verify(build_verify_parser().parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
-    from cxr_fast.data.images import DEFAULT_MAX_PIXELS
-    from cxr_fast.data.shard_writer import write_shards
+    from cxr_fast.images.window import DEFAULT_MAX_PIXELS
+    from cxr_fast.shards.writer import write_shards
 
     write_shards(args.train_csv, args.train_dir, args.out, test_dir=args.test_dir, folds=args.folds,
                  seed=args.seed, labels=args.labels, image_col=args.image_col, group_col=args.group_col,
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from cxr_fast.data.shard_verify import verify_shards
+    from cxr_fast.shards.verify import verify_shards
 
     problems, summary = verify_shards(args.out, workers=args.workers, progress=args.progress)
     if problems:

@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 
-from cxr_fast.data.synth import BIT_DEPTHS, FORMATS, generate
 from cxr_fast.errors import cli_entry
+from cxr_fast.synth.write import BIT_DEPTHS, FORMATS, generate
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cxr_fast import dist
-    from cxr_fast.data.sources import from_csv, from_shards, shards_for_training
+    from cxr_fast.data.run_data import from_csv, from_shards, shards_for_training
     from cxr_fast.data.table import parse_label_list
-    from cxr_fast.engine import TrainingDiverged
-    from cxr_fast.trainer import Run, resolve_device
+    from cxr_fast.train.engine import TrainingDiverged
+    from cxr_fast.train.run import Run, resolve_device
 
     cfg = vars(args)
     cfg["labels"] = parse_label_list(args.labels)

@@ -48,8 +48,8 @@ import numpy as np
 import torch
 
 from cxr_fast.data.augment import AugmentSpec
+from cxr_fast.data.samples import SampleSet
 from cxr_fast.errors import UserError
-from cxr_fast.pipelines import SampleSet
 
 READER = "Reader"
 OUTPUTS = ("images", "labels", "index")
@@ -70,7 +70,7 @@ def require_dali():
 
 def shard_sample_counts(shards: list[tuple[Path, Path]]) -> list[int]:
     """Sample count of each shard, from its DALI index's first line."""
-    from cxr_fast.data.shards import index_sample_count
+    from cxr_fast.shards.format import index_sample_count
 
     return [index_sample_count(idx) for _, idx in shards]
 

@@ -20,10 +20,10 @@ from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from cxr_fast.data.augment import AugmentSpec
-from cxr_fast.data.images import read_gray8
-from cxr_fast.data.shards import read_index
+from cxr_fast.data.samples import SampleSet
 from cxr_fast.errors import UserError
-from cxr_fast.pipelines import SampleSet
+from cxr_fast.images.read import read_gray8
+from cxr_fast.shards.format import read_index
 
 
 def random_resized_crop_box(h: int, w: int, scale, ratio, rng: np.random.Generator) -> tuple[int, int, int, int]:

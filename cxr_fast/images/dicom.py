@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_fast.data.images import ImageInfo, window_to_uint8
 from cxr_fast.errors import UserError
+from cxr_fast.images.window import ImageInfo, window_to_uint8
 
 # Codec packages by transfer syntax UID (what pydicom needs to decode it), for the error a user sees.
 _JPEG = "pylibjpeg pylibjpeg-libjpeg (or python-gdcm)"

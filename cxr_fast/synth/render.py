@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from cxr_fast.data.synth_labels import FAINT, LABEL_INDEX
 from cxr_fast.data.table import CHEXPERT_LABELS
+from cxr_fast.synth.labels import FAINT, LABEL_INDEX
 
 RENDER_SIZE = 256  # larger outputs are painted at this size and upsampled (4x faster at 512 px)
 

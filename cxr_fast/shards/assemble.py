@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cxr_fast.data import shards as fmt
+from cxr_fast.shards import format as fmt
 
 
 def tmp_path(path: Path) -> Path:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from cxr_fast.data.folds import make_folds
+from cxr_fast.data.samples import SampleSet
 from cxr_fast.data.table import list_test_images, read_table
 from cxr_fast.errors import UserError
-from cxr_fast.pipelines import SampleSet
 
 
 @dataclass
@@ -31,7 +31,7 @@ class RunData:
     def fold_sets(self, k: int) -> tuple[SampleSet, SampleSet]:
         """(train, validation) samples of fold k: validation = fold k, train = every other fold."""
         if self.shards_root is not None:
-            from cxr_fast.data.shards import sample_set
+            from cxr_fast.shards.read import sample_set
 
             others = [f"fold{j}" for j in range(1, self.n_folds + 1) if j != k]
             return (sample_set(self.shards_root, self.manifest, others),
@@ -45,7 +45,7 @@ class RunData:
         if self.test_names is None:
             return None
         if self.shards_root is not None and self.test_dir is None:
-            from cxr_fast.data.shards import sample_set
+            from cxr_fast.shards.read import sample_set
 
             return sample_set(self.shards_root, self.manifest, ["test"])
         return test_file_set(self.test_dir, self.test_names, len(self.label_names))
@@ -92,7 +92,7 @@ def names_by_index(samples) -> list[str]:
 def from_shards(root, labels: list[str] | None = None, test_dir=None) -> RunData:
     """Labels, folds and names come from the shards' manifest and samples.csv; test images from the shards' test
     split, or from `test_dir` as files when the shards have none."""
-    from cxr_fast.data.shards import load_manifest, read_samples
+    from cxr_fast.shards.read import load_manifest, read_samples
 
     root = Path(root)
     manifest = load_manifest(root)
@@ -133,8 +133,8 @@ def shards_for_training(cfg: dict, build: bool = True) -> Path:
     import hashlib
     import json
 
-    from cxr_fast.data.shards import write_shards
     from cxr_fast.data.table import file_sha256
+    from cxr_fast.shards.writer import write_shards
 
     csv = Path(cfg["train_csv"])
     if not csv.is_file():

@@ -18,10 +18,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxr_fast.atomic import atomic_path, write_json_atomic
-from cxr_fast.data.synth_labels import FAINT, LABEL_INDEX, PLANTED_PAIRS, label_structure, sample_labels
-from cxr_fast.data.synth_render import RENDER_SIZE, render
 from cxr_fast.data.table import CHEXPERT_LABELS
 from cxr_fast.errors import UserError
+from cxr_fast.synth.labels import FAINT, LABEL_INDEX, PLANTED_PAIRS, label_structure, sample_labels
+from cxr_fast.synth.render import RENDER_SIZE, render
 
 __all__ = [
     "BIT_DEPTHS", "FAINT", "FORMATS", "LABEL_INDEX", "PLANTED_PAIRS", "RENDER_SIZE", "SPLITS", "VERSION", "encode",

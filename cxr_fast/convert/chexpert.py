@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from cxr_fast.data.convert_common import (
+from cxr_fast.convert.common import (
     GROUP_COL,
     IMAGE_COL,
     Converted,

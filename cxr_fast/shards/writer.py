@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cxr_fast.data import shards as fmt
 from cxr_fast.data.folds import make_folds, write_folds_csv
-from cxr_fast.data.images import DEFAULT_MAX_PIXELS
-from cxr_fast.data.shard_assemble import Assembly, commit, sync_dir, tmp_path, write_atomic
-from cxr_fast.data.shard_encode import EncodeOptions, encode_chunk, worker_init
 from cxr_fast.data.table import file_sha256, list_test_images, read_table
 from cxr_fast.errors import UserError
+from cxr_fast.images.window import DEFAULT_MAX_PIXELS
+from cxr_fast.shards import format as fmt
+from cxr_fast.shards import read as rd
+from cxr_fast.shards.assemble import Assembly, commit, sync_dir, tmp_path, write_atomic
+from cxr_fast.shards.encode import EncodeOptions, encode_chunk, worker_init
 
 _SHOWN = 5
 
@@ -200,7 +201,7 @@ def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, q
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
 
-    per = ", ".join(f"{s} {manifest['counts'][s]['samples']}" for s in fmt.split_names(manifest))
+    per = ", ".join(f"{s} {manifest['counts'][s]['samples']}" for s in rd.split_names(manifest))
     written = len(ok_train) + len(ok_test)
     log(f"wrote {written} samples ({per}) in {len(shards)} shards, {sum(s['bytes'] for s in shards) / 1e6:.1f} MB, "
         f"to {out} in {time.perf_counter() - t0:.1f} s; re-encoding ran at {len(paths) / max(enc_s, 1e-9):.0f} img/s"
@@ -249,7 +250,7 @@ def _existing_state(out: Path, args: dict, overwrite: bool) -> tuple[str, dict |
         own = [p for p in out.iterdir() if fmt.OWN_FILE.match(p.name) or p.name == fmt.SPOOL_DIR]
         return ("incomplete" if own else "fresh"), None
     try:
-        old = fmt.load_manifest(out)
+        old = rd.load_manifest(out)
     except UserError as e:
         if overwrite:
             return "replace", None

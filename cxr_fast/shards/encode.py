@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxr_fast.data.images import read_gray8
 from cxr_fast.errors import UserError
+from cxr_fast.images.read import read_gray8
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cxr_fast.data import shards as fmt
 from cxr_fast.data.table import file_sha256
+from cxr_fast.shards import format as fmt
+from cxr_fast.shards import read as rd
 
 _MAX_PER_SHARD = 20
 _KEY = re.compile(r"^[st]\d{8}$")
@@ -28,20 +29,20 @@ _KEY = re.compile(r"^[st]\d{8}$")
 
 def verify_shards(root: str | Path, workers: int | None = None, progress: bool = False) -> tuple[list[str], str]:
     """Returns (problems, one-line summary). Raises UserError if `root` has no readable manifest of this version."""
-    from cxr_fast.data.shard_writer import default_workers
+    from cxr_fast.shards.writer import default_workers
 
     t0 = time.perf_counter()
     root = Path(root)
-    man = fmt.load_manifest(root)
+    man = rd.load_manifest(root)
     problems: list[str] = []
     labels = man["labels"]
     ext = man["image"]["format"]
-    splits = fmt.split_names(man)
+    splits = rd.split_names(man)
 
     sha = file_sha256(root / fmt.SAMPLES_CSV) if (root / fmt.SAMPLES_CSV).is_file() else None
     if sha != man.get("samples_csv_sha256"):
         problems.append(f"{fmt.SAMPLES_CSV}: " + ("missing" if sha is None else "sha256 differs from the manifest"))
-    df = fmt.read_samples(root, labels) if sha is not None else None
+    df = rd.read_samples(root, labels) if sha is not None else None
 
     tot = man["totals"]
     rej = {s: sum(r["split"] == s for r in man["rejected"]) for s in ("train", "test")}

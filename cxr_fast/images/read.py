@@ -1,40 +1,20 @@
 """Read one radiograph as 8-bit grayscale, with errors that name the file (never a silent black image).
 
 16-bit PNG/TIFF is windowed to 8 bits over the image's own range (or a percentile window), not truncated.
-DICOM goes through `cxr_fast.data.dicom` (optional extra `cxr_fast[dicom]`).
+DICOM goes through `cxr_fast.images.dicom` (optional extra `cxr_fast[dicom]`).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxr_fast.errors import UserError
-
-DEFAULT_MAX_PIXELS = 100_000_000  # refuse decompression-bomb-sized inputs above this many pixels
-
-
-@dataclass
-class ImageInfo:
-    width: int
-    height: int
-    bit_depth: int
-
-
-def window_to_uint8(a: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
-    """Map an integer/float image to uint8 over [lo, hi]: its own min..max, or percentiles (p_lo, p_hi) if given."""
-    a = a.astype(np.float64)
-    if window is None:
-        lo, hi = float(a.min()), float(a.max())
-    else:
-        lo, hi = (float(v) for v in np.percentile(a, window))
-    if hi <= lo:
-        return np.zeros(a.shape, dtype=np.uint8)
-    return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+from cxr_fast.images.dicom import read_dicom_gray8
+from cxr_fast.images.window import DEFAULT_MAX_PIXELS, ImageInfo, window_to_uint8
 
 
 def _bit_depth(img: Image.Image) -> int:
@@ -51,8 +31,6 @@ def read_gray8(
     """Decode `path` to a (H, W) uint8 array plus its original size and bit depth. Raises UserError naming the file."""
     path = Path(path)
     if path.suffix.lower() == ".dcm":
-        from cxr_fast.data.dicom import read_dicom_gray8
-
         return read_dicom_gray8(path, window=window, max_pixels=max_pixels)
     if not path.is_file():
         raise UserError(f"{path}: image file not found")

@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr_fast import dist, resume
+from cxr_fast import dist
 from cxr_fast.atomic import atomic_path, write_json_atomic
-from cxr_fast.checkpoint import best_checkpoint, load_checkpoint, save_atomic
 from cxr_fast.data.augment import AugmentSpec
 from cxr_fast.data.folds import write_folds_csv
-from cxr_fast.data.sources import RunData
+from cxr_fast.data.run_data import RunData
 from cxr_fast.errors import UserError
 from cxr_fast.inference import ensemble_predict, write_predictions_csv
 from cxr_fast.pipelines import build_loader
+from cxr_fast.train import resume
+from cxr_fast.train.checkpoint import best_checkpoint, load_checkpoint, save_atomic
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,11 +123,11 @@ class Run:
 
     # ---------------------------------------------------------------- one fold
     def train_fold(self, k: int) -> dict:
-        from cxr_fast.engine import Amp, build_optimizer, build_scheduler, evaluate, train_one_epoch
         from cxr_fast.metrics import macro_auc
         from cxr_fast.model import unwrap
         from cxr_fast.model.ema import ModelEma
         from cxr_fast.model.losses import build_loss
+        from cxr_fast.train.engine import Amp, build_optimizer, build_scheduler, evaluate, train_one_epoch
 
         c, names = self.cfg, self.data.label_names
         torch.manual_seed(c["seed"] + k)
@@ -305,8 +306,8 @@ class Run:
         return summary
 
     def predict_test(self, folds: list[int]) -> None:
-        from cxr_fast.engine import Amp
         from cxr_fast.inference import load_fold_checkpoints
+        from cxr_fast.train.engine import Amp
 
         c = self.cfg
         test = self.data.test_set()
