@@ -8,7 +8,8 @@ from cxr_fast.model import CXRClassifier, LabelGraphRefiner
 from cxr_fast.model.backbone import create_backbone
 from cxr_fast.model.ema import ModelEma
 from cxr_fast.model.losses import build_loss
-from cxr_fast.train.engine import Amp, build_optimizer, build_scheduler, train_one_epoch
+from cxr_fast.train.amp import Amp
+from cxr_fast.train.engine import build_optimizer, build_scheduler, train_one_epoch
 
 DEFAULT_MODEL = {"cuda": "tf_efficientnet_b4_ns", "cpu": "resnet18"}
 

@@ -60,7 +60,8 @@ def ensemble_predict(checkpoints: list[tuple[Path, dict]], samples: SampleSet, *
     """Mean over folds of each fold model's (TTA-averaged) sigmoid probabilities. Returns (index, probs) sorted by
     index, one row per sample (DDP padding removed)."""
     from cxr_fast import dist
-    from cxr_fast.train.engine import Amp, predict
+    from cxr_fast.train.amp import Amp
+    from cxr_fast.train.infer import predict
 
     amp = amp or Amp(device, enabled=False)
     total = None

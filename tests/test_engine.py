@@ -13,9 +13,12 @@ from cxr_fast.model import CXRClassifier
 from cxr_fast.model.backbone import create_backbone
 from cxr_fast.model.ema import ModelEma
 from cxr_fast.model.losses import AsymmetricLoss, build_loss
+from cxr_fast.model.normalize import normalize
 from cxr_fast.model.refiner import LabelGraphRefiner
 from cxr_fast.train import engine
-from cxr_fast.train.engine import Amp, build_optimizer, build_scheduler, evaluate, normalize, predict, train_one_epoch
+from cxr_fast.train.amp import Amp
+from cxr_fast.train.engine import build_optimizer, build_scheduler, train_one_epoch
+from cxr_fast.train.infer import evaluate, predict
 
 CPU = torch.device("cpu")
 

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _amp_from(cfg: dict, device):
     """Inference precision as the checkpoint was trained: --no_amp / --amp_dtype from its config."""
-    from cxr_fast.train.engine import Amp
+    from cxr_fast.train.amp import Amp
 
     return Amp(device, enabled=not cfg.get("no_amp", False), dtype=cfg.get("amp_dtype", "auto"))
 

@@ -13,7 +13,7 @@ __all__ = ["CXRClassifier", "LabelGraphRefiner", "unwrap"]
 class CXRClassifier(nn.Module):
     """backbone(x) -> logits z (B, C); refiner(z) -> refined logits z' (B, C), always float32.
 
-    `x` is the normalised float image batch (see `cxr_fast.train.engine.normalize`). `refiner=None` (--no-refiner) returns
+    `x` is the normalised float image batch (see `cxr_fast.model.normalize`). `refiner=None` (--no-refiner) returns
     the backbone's logits cast to float32.
     """
 

@@ -6,97 +6,23 @@ already on the device (see `cxr_fast.pipelines`). No file I/O here.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import time
 import warnings
 from collections.abc import Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
 from cxr_fast.model import unwrap
 from cxr_fast.model.ema import ModelEma
-
-# ImageNet statistics; a grey radiograph fed to a 1-channel network uses the mean of the RGB ones
-RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-GRAY_MEAN, GRAY_STD = 0.449, 0.226
-
-
-@functools.cache
-def _rgb_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet mean and std in 0..255 units, (1, 3, 1, 1), made once per device (no host-to-device copy per batch)."""
-    with torch.inference_mode(False):  # plain tensors even when first asked for under inference_mode
-        mean = torch.tensor(RGB_MEAN, device=device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(RGB_STD, device=device).view(1, 3, 1, 1) * 255.0
-    return mean, std
+from cxr_fast.model.normalize import normalize
+from cxr_fast.progress import loader_bar
+from cxr_fast.train.amp import Amp
 
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite training steps: the run cannot continue as configured."""
-
-
-def normalize(images: torch.Tensor, in_chans: int = 1) -> torch.Tensor:
-    """uint8 (B,1|3,H,W) -> float32 (B,in_chans,H,W) on the same device: (x/255 - mean) / std with ImageNet stats.
-
-    A 1-channel batch for a 3-channel network is expanded to 3 channels; a 3-channel batch for a 1-channel network
-    is averaged to grey.
-    """
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"normalize: expected (B, 1|3, H, W) images, got {tuple(images.shape)}")
-    x = images.to(torch.float32, copy=True)  # a copy even for float input: the ops below are in place
-    if in_chans == 1:
-        if x.shape[1] == 3:
-            x = x.mean(1, keepdim=True)
-        # (x/255 - m)/s == (x - 255m) / (255s): one pass over the batch
-        return x.sub_(255.0 * GRAY_MEAN).div_(255.0 * GRAY_STD)
-    if in_chans == 3:
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        mean, std = _rgb_stats(x.device)
-        return (x - mean) / std
-    raise ValueError(f"normalize: in_chans must be 1 or 3, got {in_chans}")
-
-
-class Amp:
-    """One mixed-precision code path (nanoGPT style): `autocast()` and `scaler` are always usable.
-
-    CUDA: fp16 with a dynamic GradScaler (dtype "auto"/"fp16"), or bf16 without one ("bf16"). CPU and other
-    devices: off unless dtype="bf16". `enabled=False` (--no_amp) turns everything off. When not fp16, `scaler` is a
-    GradScaler with enabled=False, whose scale/unscale_/step/update are pass-throughs.
-    """
-
-    DTYPES = ("auto", "fp16", "bf16", "fp32")
-
-    def __init__(self, device: torch.device | str, enabled: bool = True, dtype: str = "auto"):
-        if dtype not in self.DTYPES:
-            raise ValueError(f"amp dtype must be one of {self.DTYPES}, got {dtype!r}")
-        self.device_type = torch.device(device).type
-        self.dtype: torch.dtype | None = None
-        if enabled and dtype != "fp32":
-            if dtype == "bf16":
-                self.dtype = torch.bfloat16
-            elif self.device_type == "cuda":
-                self.dtype = torch.float16
-        self.enabled = self.dtype is not None
-        self.scaler = torch.amp.GradScaler(self.device_type if self.device_type == "cuda" else "cpu",
-                                           enabled=self.dtype == torch.float16)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if not self.enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
-
-    def state_dict(self) -> dict:
-        return self.scaler.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        if state:  # a disabled scaler's state_dict is {}
-            self.scaler.load_state_dict(state)
-
-    def __repr__(self) -> str:
-        return f"Amp(device={self.device_type}, dtype={self.dtype}, scaler={self.scaler.is_enabled()})"
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -169,16 +95,6 @@ def _batches(loader: Iterable, timer: list[float]):
         yield batch
 
 
-def _progress(loader, progress: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    try:
-        total = len(loader)
-    except TypeError:
-        total = None
-    return tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -209,7 +125,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     loss_sum, good, skipped, overflow, bad_run, images = 0.0, 0, 0, 0, 0, 0
     wait = [0.0]
     optimizer.zero_grad(set_to_none=True)
-    bar = _progress(loader, progress, desc)
+    bar = loader_bar(loader, progress, desc)
     _sync(device)
     t_start = time.perf_counter()
     for i, batch in enumerate(_batches(loader, wait)):
@@ -286,47 +202,3 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         "refiner_sparsity": refiner.sparsity() if refiner is not None else None,
         "refiner_l1": refiner.l1() if refiner is not None else None,
     }
-
-
-@torch.inference_mode()
-def _infer(model: nn.Module, loader: Iterable, amp: Amp, in_chans: int, tta: bool, progress: bool,
-           want_labels: bool):
-    was_training = model.training
-    model.eval()
-    probs, labels, index = [], [], []
-    bar = _progress(loader, progress, "eval")
-    try:
-        for batch in loader:
-            x = normalize(batch[0], in_chans)
-            with amp.autocast():
-                p = torch.sigmoid(model(x).float())
-                if tta:  # flip on the device; the refiner sees each view's own logits
-                    p = 0.5 * (p + torch.sigmoid(model(x.flip(-1)).float()))
-            probs.append(p)  # stays on the device: one transfer at the end, not one sync per batch
-            if want_labels:
-                labels.append(batch[1])
-            index.append(batch[-1])
-            bar.update(1)
-    finally:
-        bar.close()
-        model.train(was_training)
-    if not probs:
-        raise ValueError("evaluate/predict: the loader yielded no batch")
-    out_p = torch.cat(probs).float().cpu().numpy()
-    out_i = torch.cat(index).cpu().numpy().astype(np.int64)
-    out_l = torch.cat(labels).float().cpu().numpy() if want_labels else None
-    return out_p, out_l, out_i
-
-
-def evaluate(model: nn.Module, loader: Iterable, amp: Amp, *, in_chans: int = 1, tta: bool = False,
-             progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probs (N,C) float32, labels (N,C) float32 with NaN, index (N,) int64) in loader order; probabilities are
-    sigmoid of the refined logits, TTA = mean over the image and its horizontal flip."""
-    return _infer(model, loader, amp, in_chans, tta, progress, want_labels=True)
-
-
-def predict(model: nn.Module, loader: Iterable, amp: Amp, *, in_chans: int = 1, tta: bool = False,
-            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(probs (N,C) float32, index (N,) int64) in loader order, as `evaluate` without labels."""
-    probs, _, index = _infer(model, loader, amp, in_chans, tta, progress, want_labels=False)
-    return probs, index

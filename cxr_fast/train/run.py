@@ -127,7 +127,9 @@ class Run:
         from cxr_fast.model import unwrap
         from cxr_fast.model.ema import ModelEma
         from cxr_fast.model.losses import build_loss
-        from cxr_fast.train.engine import Amp, build_optimizer, build_scheduler, evaluate, train_one_epoch
+        from cxr_fast.train.amp import Amp
+        from cxr_fast.train.engine import build_optimizer, build_scheduler, train_one_epoch
+        from cxr_fast.train.infer import evaluate
 
         c, names = self.cfg, self.data.label_names
         torch.manual_seed(c["seed"] + k)
@@ -307,7 +309,7 @@ class Run:
 
     def predict_test(self, folds: list[int]) -> None:
         from cxr_fast.inference import load_fold_checkpoints
-        from cxr_fast.train.engine import Amp
+        from cxr_fast.train.amp import Amp
 
         c = self.cfg
         test = self.data.test_set()
