@@ -4,6 +4,7 @@
     cxr-shard verify shards/mydata
 
 The format is docs/shard-format.md; the manifest.json is written last, so a folder without it is incomplete.
+A killed or stopped run (bad images) resumes when rerun with the same arguments: finished work is checked and kept.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jpg = baseline 8-bit grayscale JPEG, decodable by the GPU's JPEG engine (default)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
     p.add_argument("--samples_per_shard", type=positive_int, default=1000, help="samples per tar (default 1000)")
-    p.add_argument("--workers", type=int, default=None, help="encoding processes (default: CPUs, at most 8)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="encoding processes (default: every CPU this process may use: affinity, cgroup quota)")
     p.add_argument("--skip_bad", action="store_true",
                    help="leave out unreadable images (listed in manifest.json) instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with other arguments")
@@ -58,7 +60,7 @@ def build_verify_parser() -> argparse.ArgumentParser:
                                 description="Re-read every shard: checksums, counts, labels vs samples.csv, indexes, "
                                             "image decodes. Exit 0 if all agree, 1 with a report otherwise.")
     p.add_argument("out", help="a cxr-shard output folder")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: CPUs, at most 8)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: every usable CPU)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     return p
 

@@ -5,9 +5,11 @@ Kept apart from the writer so a spawned worker imports only numpy, PIL and `imag
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -23,6 +25,18 @@ class EncodeOptions:
     quality: int             # JPEG quality
     window: tuple[float, float] | None
     max_pixels: int
+
+
+class Encoded(NamedTuple):
+    """Where an encoded image lies in its spool chunk file, and what the json component records about it."""
+
+    offset: int
+    nbytes: int
+    height: int        # stored size
+    width: int
+    orig_width: int    # before windowing and --resize
+    orig_height: int
+    bit_depth: int
 
 
 def shrink(arr: np.ndarray, resize: int) -> Image.Image:
@@ -60,14 +74,32 @@ def worker_init() -> None:
         pass
 
 
-def encode_chunk(task: tuple[int, list[tuple[int, str]], str, EncodeOptions]) -> tuple[int, list[tuple]]:
-    """Encode one chunk of images into one spool file. Returns (chunk id, one record per image):
+def hash_file(path: str | Path) -> str | None:
+    """sha256 of a file, None when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
 
-    (job, (offset, nbytes, height, width, orig_width, orig_height, bit_depth), None) for a good image,
-    (job, None, reason) for one that cannot be read.
+
+def check_file(task: tuple[int, str, int, str]) -> tuple[int, bool]:
+    """(id, whether the file at path has the recorded size and sha256): a pool task, so checks run in parallel."""
+    tid, path, nbytes, sha = task
+    p = Path(path)
+    return tid, p.is_file() and p.stat().st_size == nbytes and hash_file(p) == sha
+
+
+def encode_chunk(task: tuple[int, list[tuple[int, str]], str, EncodeOptions]):
+    """Encode one chunk of images into one spool file. Returns (chunk id, records, spool bytes, spool sha256) with
+    one record per image: (job, Encoded, None) for a good image, (job, None, reason) for one that cannot be read.
     """
     chunk_id, items, spool_path, opts = task
     out = []
+    h, pos = hashlib.sha256(), 0
     with open(spool_path, "wb") as f:
         for job, path in items:
             try:
@@ -79,7 +111,9 @@ def encode_chunk(task: tuple[int, list[tuple[int, str]], str, EncodeOptions]) ->
                 continue
             img = shrink(arr, opts.resize)
             data = encode(img, opts)
-            out.append((job, (f.tell(), len(data), img.height, img.width, info.width, info.height, info.bit_depth),
+            out.append((job, Encoded(pos, len(data), img.height, img.width, info.width, info.height, info.bit_depth),
                         None))
             f.write(data)
-    return chunk_id, out
+            h.update(data)
+            pos += len(data)
+    return chunk_id, out, pos, h.hexdigest()

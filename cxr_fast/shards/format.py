@@ -12,6 +12,7 @@ import re
 import tarfile
 from pathlib import Path
 
+from cxr_fast.atomic import temp_target
 from cxr_fast.errors import UserError
 
 FORMAT = "cxr_fast-shards"
@@ -22,15 +23,52 @@ FOLDS_CSV = "folds.csv"
 IDX_VERSION = "v1.2"  # DALI's wds2idx index format
 SAMPLES_COLUMNS = ["index", "split", "fold", "name"]  # then one column per label, in manifest order
 COMPONENTS = ("index", "json", "labels")  # plus the image extension ("jpg" or "png")
+LABEL_DTYPE = "<f4"  # the `labels` component: C little-endian float32, NaN = unknown
+INDEX_DTYPE = "<i8"  # the `index` component: one little-endian int64
+TEST_SPLIT = "test"
+SAMPLE_KEY = re.compile(r"^[st]\d{8}$")
 
 # Everything cxr-shard may leave in OUT (finished or half-written); nothing else there is ever touched.
 OWN_FILE = re.compile(r"^(?:(?:fold\d+|test)-\d{5}\.(?:tar|idx)|samples\.csv|folds\.csv|manifest\.json)(?:\.tmp)?$")
-SPOOL_DIR = ".cxr-shard-tmp"
+SPOOL_DIR = ".cxr-shard-tmp"  # inside OUT in older versions; now the suffix of the work folder beside OUT
+
+
+def fold_split(k: int) -> str:
+    """The split name of fold k (1-based): `fold{k}`."""
+    return f"fold{k}"
+
+
+def split_fold(split: str) -> int | None:
+    """The fold number of a split name (`fold3` -> 3), None for the test split."""
+    return None if split == TEST_SPLIT else int(split.removeprefix("fold"))
+
+
+def split_names(n_folds: int) -> list[str]:
+    """Every split of a K-fold output, in manifest order: fold1..foldK, test."""
+    return [fold_split(k) for k in range(1, n_folds + 1)] + [TEST_SPLIT]
 
 
 def sample_key(split: str, index: int) -> str:
     """`s{index:08d}` for training rows, `t{index:08d}` for test images: no dots, no slashes."""
-    return f"{'t' if split == 'test' else 's'}{index:08d}"
+    return f"{'t' if split == TEST_SPLIT else 's'}{index:08d}"
+
+
+def key_index(key: str, split: str) -> int | None:
+    """The index a sample key encodes, or None when the key is malformed or of the other split kind."""
+    if not SAMPLE_KEY.match(key) or (key[0] == "t") != (split == TEST_SPLIT):
+        return None
+    return int(key[1:])
+
+
+def work_dir(out: Path) -> Path:
+    """`.{name}.cxr-shard-tmp` beside OUT: the encode spool and the journal a rerun resumes from (never inside OUT,
+    so a run stopped by bad images leaves OUT as it was)."""
+    return out.parent / f".{out.name}{SPOOL_DIR}"
+
+
+def is_own(name: str) -> bool:
+    """A file name cxr-shard may have left in OUT: an output file or the temporary file of one."""
+    return bool(OWN_FILE.match(name) or OWN_FILE.match(temp_target(name) or ""))
 
 
 def shard_stem(split: str, i: int) -> str:

@@ -12,6 +12,7 @@ import pandas as pd
 from cxr_fast.data.samples import SampleSet
 from cxr_fast.errors import UserError
 from cxr_fast.shards.format import FORMAT, MANIFEST, SAMPLES_COLUMNS, SAMPLES_CSV, VERSION
+from cxr_fast.shards.format import split_names as fmt_split_names
 
 
 def load_manifest(root: str | Path) -> dict:
@@ -33,7 +34,7 @@ def load_manifest(root: str | Path) -> dict:
 
 
 def split_names(manifest: dict) -> list[str]:
-    return [f"fold{k}" for k in range(1, int(manifest["folds"]) + 1)] + ["test"]
+    return fmt_split_names(int(manifest["folds"]))
 
 
 def split_shards(root: str | Path, manifest: dict, split: str) -> list[tuple[Path, Path]]:

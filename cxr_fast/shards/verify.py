@@ -9,28 +9,24 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
 import time
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from cxr_fast.data.table import file_sha256
+from cxr_fast.progress import progress_bar
 from cxr_fast.shards import format as fmt
 from cxr_fast.shards import read as rd
+from cxr_fast.shards.cpus import default_workers, pool_map, worker_pool
 
 _MAX_PER_SHARD = 20
-_KEY = re.compile(r"^[st]\d{8}$")
 
 
 def verify_shards(root: str | Path, workers: int | None = None, progress: bool = False) -> tuple[list[str], str]:
     """Returns (problems, one-line summary). Raises UserError if `root` has no readable manifest of this version."""
-    from cxr_fast.shards.writer import default_workers
-
     t0 = time.perf_counter()
     root = Path(root)
     man = rd.load_manifest(root)
@@ -77,20 +73,17 @@ def verify_shards(root: str | Path, workers: int | None = None, progress: bool =
         rows = None
         if df is not None and pos + s["samples"] <= len(df):
             part = df.iloc[pos:pos + s["samples"]]
-            lab = part[labels].to_numpy(np.float32).astype("<f4")
+            lab = part[labels].to_numpy(np.float32).astype(fmt.LABEL_DTYPE)
             rows = [(int(i), sp, nm, lab[j].tobytes())
                     for j, (i, sp, nm) in enumerate(zip(part["index"], part["split"], part["name"]))]
         pos += s["samples"]
         tasks.append((str(root), s, ext, len(labels), rows, man["image"]))
-    workers = default_workers() if workers is None else workers
-    pool = get_context("spawn").Pool(min(workers, len(tasks))) if workers > 1 and len(tasks) > 1 else None
-    try:
-        it = pool.imap(check_shard, tasks) if pool else map(check_shard, tasks)
-        results = list(tqdm(it, total=len(tasks), unit="shard", desc="verify", disable=not progress,
-                            dynamic_ncols=True))
-    finally:
-        if pool:
-            pool.terminate()
+    workers = min(default_workers() if workers is None else workers, len(tasks))
+    results = []
+    with worker_pool(workers) as pool, progress_bar(len(tasks), "verify", progress, unit="shard") as bar:
+        for res in pool_map(pool, check_shard, tasks, ordered=True):  # ordered: problems in manifest order
+            results.append(res)
+            bar.update(1)
     n = 0
     for errs, count in results:
         problems += errs
@@ -121,7 +114,6 @@ def check_shard(task) -> tuple[list[str], int]:
             bad(f"{what}sha256 differs from the manifest (file changed or damaged)")
     expected_comps = {ext, *fmt.COMPONENTS}
     split = s["split"]
-    fold = int(split[4:]) if split != "test" else None
     members: list[tuple[str, int, int]] = []
     samples: list[tuple[str, dict[str, bytes]]] = []
     try:
@@ -144,37 +136,8 @@ def check_shard(task) -> tuple[list[str], int]:
     if rows is not None and len(rows) != len(samples):
         rows = None  # counts already reported; a positional comparison would only add noise
     for i, (key, comps) in enumerate(samples):
-        where = f"sample {key}"
-        if not _KEY.match(key) or (key[0] == "t") != (split == "test"):
-            if bad(f"{where}: malformed key for split {split}"):
-                break
-            continue
-        if set(comps) != expected_comps:
-            if bad(f"{where}: components {sorted(comps)}, expected {sorted(expected_comps)}"):
-                break
-            continue
-        index = int(key[1:])
-        if len(comps["index"]) != 8 or int(np.frombuffer(comps["index"], "<i8")[0]) != index:
-            bad(f"{where}: index component does not match the key")
-        try:
-            meta = json.loads(comps["json"].decode("utf-8"))
-            assert meta["split"] == split and meta["fold"] == fold, "split/fold differ from the shard's"
-        except Exception as e:  # noqa: BLE001
-            bad(f"{where}: bad json component ({type(e).__name__}: {e})")
-            meta = {}
-        if len(comps["labels"]) != 4 * n_labels:
-            bad(f"{where}: labels component has {len(comps['labels'])} bytes, expected {4 * n_labels}")
-        if rows is not None:
-            r_index, r_split, r_name, r_labels = rows[i]
-            if r_index != index or r_split != split:
-                bad(f"{where}: samples.csv has {r_split} index {r_index} at this position")
-            elif comps["labels"] != r_labels and not np.array_equal(
-                    np.frombuffer(comps["labels"], "<f4"), np.frombuffer(r_labels, "<f4"), equal_nan=True):
-                bad(f"{where} ({r_name}): labels differ from samples.csv")
-            elif meta and meta.get("name") != r_name:
-                bad(f"{where}: json name {meta.get('name')!r} differs from samples.csv {r_name!r}")
-        problem = _check_image(comps[ext], ext, image)
-        if problem and bad(f"{where} ({meta.get('name', '?')}): {problem}"):
+        if _check_sample(key, comps, split, expected_comps, n_labels, rows[i] if rows is not None else None, ext,
+                         image, bad):
             break
     idx_text = idx_path.read_text(encoding="utf-8", errors="replace")
     if idx_text != fmt.index_text(members):
@@ -183,6 +146,39 @@ def check_shard(task) -> tuple[list[str], int]:
         line = next((j + 1 for j, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)) + 1)
         bad(f"{idx_path.name} disagrees with the tar's members (first at line {line})")
     return errs, len(samples)
+
+
+def _check_sample(key: str, comps: dict[str, bytes], split: str, expected_comps: set, n_labels: int, row, ext: str,
+                  image: dict, bad) -> bool:
+    """Check one sample's components (and its samples.csv row); True when `bad` says to stop."""
+    where = f"sample {key}"
+    index = fmt.key_index(key, split)
+    if index is None:
+        return bad(f"{where}: malformed key for split {split}")
+    if set(comps) != expected_comps:
+        return bad(f"{where}: components {sorted(comps)}, expected {sorted(expected_comps)}")
+    if len(comps["index"]) != 8 or int(np.frombuffer(comps["index"], fmt.INDEX_DTYPE)[0]) != index:
+        bad(f"{where}: index component does not match the key")
+    try:
+        meta = json.loads(comps["json"].decode("utf-8"))
+        assert meta["split"] == split and meta["fold"] == fmt.split_fold(split), "split/fold differ from the shard's"
+    except Exception as e:  # noqa: BLE001
+        bad(f"{where}: bad json component ({type(e).__name__}: {e})")
+        meta = {}
+    if len(comps["labels"]) != 4 * n_labels:
+        bad(f"{where}: labels component has {len(comps['labels'])} bytes, expected {4 * n_labels}")
+    if row is not None:
+        r_index, r_split, r_name, r_labels = row
+        if r_index != index or r_split != split:
+            bad(f"{where}: samples.csv has {r_split} index {r_index} at this position")
+        elif comps["labels"] != r_labels and not np.array_equal(
+                np.frombuffer(comps["labels"], fmt.LABEL_DTYPE), np.frombuffer(r_labels, fmt.LABEL_DTYPE),
+                equal_nan=True):
+            bad(f"{where} ({r_name}): labels differ from samples.csv")
+        elif meta and meta.get("name") != r_name:
+            bad(f"{where}: json name {meta.get('name')!r} differs from samples.csv {r_name!r}")
+    problem = _check_image(comps[ext], ext, image)
+    return bool(problem) and bad(f"{where} ({meta.get('name', '?')}): {problem}")
 
 
 def _check_image(data: bytes, ext: str, image: dict) -> str | None:

@@ -1,42 +1,40 @@
 """cxr-shard's writer: CSV + images -> fold/test WebDataset shards, DALI indexes, samples.csv, manifest (last).
 
-One pass decodes, windows, shrinks and encodes every image in worker processes into a spool under OUT (so each
-image is decoded once) and collects the unreadable ones; no output file in OUT is created, changed or removed
-before that pass has seen every input. Then folds are made on the accepted rows, the samples are shuffled, the
-tars are assembled from the spool under temporary names and renamed, and `manifest.json` (temp + rename) comes
-last. An output without a manifest is incomplete by definition; a rerun cleans it up and starts over.
+One pass decodes, windows, shrinks and encodes every image in worker processes (every usable CPU by default) into
+a spool in the work folder beside OUT (so each image is decoded once) and collects the unreadable ones; no output
+file in OUT is created, changed or removed before that pass has seen every input. Then folds are made on the
+accepted rows, the samples are shuffled, the tars are assembled from the spool (in the same pool) under temporary
+names and renamed, and `manifest.json` (temp + rename) comes last. An output without a manifest is incomplete by
+definition. The work folder journals every finished spool chunk and tar (`workdir.py`): a rerun with the same
+arguments after a kill or a stop for bad images reuses what still checks out and produces the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from cxr_fast.atomic import atomic_path, sync_dir, write_bytes_atomic
 from cxr_fast.data.folds import make_folds, write_folds_csv
 from cxr_fast.data.table import file_sha256, list_test_images, read_table
 from cxr_fast.errors import UserError
 from cxr_fast.images.window import DEFAULT_MAX_PIXELS
 from cxr_fast.shards import format as fmt
 from cxr_fast.shards import read as rd
-from cxr_fast.shards.assemble import Assembly, commit, sync_dir, tmp_path, write_atomic
-from cxr_fast.shards.encode import EncodeOptions, encode_chunk, worker_init
+from cxr_fast.shards.assemble import Assembly, plan_shards
+from cxr_fast.shards.cpus import default_workers, worker_pool
+from cxr_fast.shards.encode import EncodeOptions
+from cxr_fast.shards.workdir import WorkDir, encode_pass
 
 _SHOWN = 5
-
-
-def default_workers() -> int:
-    return max(1, min(8, len(os.sched_getaffinity(0))))
+__all__ = ["default_workers", "write_shards", "write_test_shards"]
 
 
 @dataclass
@@ -108,15 +106,7 @@ def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, q
            skip_bad, overwrite, window, max_pixels, progress, log) -> dict:
     log = log or (lambda msg: None)
     _check_flags(resize, image_format, quality, samples_per_shard, workers, window, max_pixels)
-    clash = [c for c in inp.label_names if c in fmt.SAMPLES_COLUMNS]
-    if clash:
-        raise UserError(f"label {clash[0]!r} clashes with a samples.csv column ({', '.join(fmt.SAMPLES_COLUMNS)}); "
-                        f"rename it")
-    if inp.names:  # fail on impossible folds now, not after the long encoding pass (make_folds says it too)
-        units = len(set(inp.groups)) if inp.groups is not None else len(inp.names)
-        if split_args["folds"] < 2 or units < split_args["folds"]:
-            raise UserError(f"--folds {split_args['folds']} needs at least 2 folds and at most one per "
-                            f"{'group' if inp.groups is not None else 'training row'} ({units})")
+    _check_splits(inp, split_args["folds"])
     out = out.absolute()
     args = {
         **inp.source, "test_images": len(inp.test_names),
@@ -129,84 +119,128 @@ def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, q
     args = json.loads(json.dumps(args))  # the form it takes in the manifest, so the comparison is exact
     state, old = _existing_state(out, args, overwrite)
     if state == "uptodate":
+        shutil.rmtree(fmt.work_dir(out), ignore_errors=True)  # a run killed after its manifest was written
         log(f"{out} is up to date (its manifest.json was written with these arguments); nothing to do")
         return old
 
     workers = default_workers() if workers is None else workers
-    n, n_folds, seed = len(inp.names), split_args["folds"], split_args["seed"]
+    n, t0 = len(inp.names), time.perf_counter()
     paths = [str(inp.train_dir / s) for s in inp.names] + [str(inp.test_dir / s) for s in inp.test_names]
     opts = EncodeOptions(resize, image_format, quality, tuple(window) if window else None, max_pixels)
-    created, t0 = not out.exists(), time.perf_counter()
-    # A run-specific spool folder: an encoder orphaned by a killed run can never write into this run's spool.
-    spool = out / fmt.SPOOL_DIR / f"run-{os.getpid()}-{time.time_ns()}"
+    wd = WorkDir(out, paths, opts, args, workers)
+    created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out / fmt.SPOOL_DIR, ignore_errors=True)  # a killed run's spool
-        spool.mkdir(parents=True)
-        recs, chunk_of, reasons, enc_s = _encode_all(paths, opts, spool, workers, progress)
-        rejected = [{"name": inp.names[j] if j < n else inp.test_names[j - n], "split": "train" if j < n else "test",
-                     "row": j if j < n else None, "reason": reasons[j]}
-                    for j in sorted(reasons)]
-        if rejected and not skip_bad:
-            shown = "; ".join(f"{r['name']}" + (f" (row {r['row']})" if r["row"] is not None else " (test image)")
-                              + f": {r['reason']}" for r in rejected[:_SHOWN])
-            raise UserError(f"{len(rejected)} of {len(paths)} images cannot be used: {shown}"
-                            f"{'; ...' if len(rejected) > _SHOWN else ''} -- fix them or pass --skip_bad to leave "
-                            f"them out (nothing was written)")
-        ok_train = np.array([j for j in range(n) if j not in reasons], dtype=np.int64)
-        ok_test = np.array([j for j in range(len(inp.test_names)) if n + j not in reasons], dtype=np.int64)
-        if n and not len(ok_train):
-            raise UserError(f"none of the {n} training images can be read (first: {rejected[0]['name']}: "
-                            f"{rejected[0]['reason']})")
-        if not len(ok_train) and not len(ok_test):
-            raise UserError(f"{inp.test_dir}: none of the test images can be read")
-        fold_of_ok, method = (make_folds(inp.labels[ok_train], n_folds, seed,
-                                         None if inp.groups is None else inp.groups[ok_train])
-                              if n else (np.zeros(0, np.int64), None))
-
-        if state in ("incomplete", "replace"):
-            what = "an incomplete earlier run" if state == "incomplete" else "the old output"
-            log(f"removed {_remove_own_files(out)} files of {what} from {out}")
-        asm = Assembly(out, inp.label_names, inp.names, inp.labels, inp.test_names, recs, chunk_of, spool,
-                       image_format, progress)
-        shards = asm.run(ok_train, fold_of_ok, ok_test, n_folds, seed, samples_per_shard)
-        if n:
-            write_folds_csv(tmp_path(out / fmt.FOLDS_CSV), [inp.names[j] for j in ok_train], fold_of_ok,
-                            split_args["image_col"])
-            commit(out / fmt.FOLDS_CSV)
-        asm.write_samples_csv()
-        shutil.rmtree(out / fmt.SPOOL_DIR)  # before the manifest: a finished output holds no temporary files
-        done = [r for r in recs if r is not None]
-        manifest = {
-            "format": fmt.FORMAT, "version": fmt.VERSION, "labels": inp.label_names, "policies": inp.policies,
-            "image_col": split_args["image_col"], "group_col": split_args["group_col"], "folds": n_folds,
-            "seed": seed, "split_method": method,
-            "image": {"format": image_format, "mode": "L", "quality": args["quality"], "resize": resize,
-                      "window": args["window"], "max_height": max(r[2] for r in done),
-                      "max_width": max(r[3] for r in done)},
-            "source": inp.source,
-            "totals": {"train_rows": n, "train_written": len(ok_train),
-                       "train_rejected": sum(r["split"] == "train" for r in rejected),
-                       "test_images": len(inp.test_names), "test_written": len(ok_test),
-                       "test_rejected": sum(r["split"] == "test" for r in rejected)},
-            "counts": _counts(inp, ok_train, fold_of_ok, ok_test, n_folds),
-            "shards": shards, "samples_csv": fmt.SAMPLES_CSV,
-            "samples_csv_sha256": file_sha256(out / fmt.SAMPLES_CSV), "rejected": rejected, "args": args,
-        }
-        sync_dir(out)  # every shard's rename is durable before the manifest says the output is complete
-        write_atomic(out / fmt.MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8") + b"\n")
-        sync_dir(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with worker_pool(workers) as pool:
+            resumed = wd.open()
+            enc = encode_pass(paths, opts, wd, pool, progress, log)
+            rejected, ok_train, ok_test = _accepted(inp, enc, len(paths), skip_bad, wd)
+            fold_of_ok, method = (make_folds(inp.labels[ok_train], split_args["folds"], split_args["seed"],
+                                             None if inp.groups is None else inp.groups[ok_train])
+                                  if n else (np.zeros(0, np.int64), None))
+            out.mkdir(exist_ok=True)
+            _clean(out, state, resumed, log)
+            asm = Assembly(out, inp.label_names, inp.names, inp.labels, inp.test_names, enc, wd, image_format,
+                           progress)
+            shards = asm.run(pool, plan_shards(ok_train, fold_of_ok, ok_test, split_args["folds"], split_args["seed"],
+                                               samples_per_shard))
+        if asm.reused:
+            log(f"reused {asm.reused} of {len(shards)} tars finished by the earlier run")
+        manifest = _finish(inp, out, asm, shards, split_args, method, args, rejected, ok_train, fold_of_ok, ok_test,
+                           enc)
     finally:
-        shutil.rmtree(out / fmt.SPOOL_DIR, ignore_errors=True)
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
+    wd.remove()  # only after the manifest: until then a rerun resumes from it
 
     per = ", ".join(f"{s} {manifest['counts'][s]['samples']}" for s in rd.split_names(manifest))
-    written = len(ok_train) + len(ok_test)
-    log(f"wrote {written} samples ({per}) in {len(shards)} shards, {sum(s['bytes'] for s in shards) / 1e6:.1f} MB, "
-        f"to {out} in {time.perf_counter() - t0:.1f} s; re-encoding ran at {len(paths) / max(enc_s, 1e-9):.0f} img/s"
-        f" with {max(workers, 1)} worker{'s' if workers > 1 else ''}"
+    log(f"wrote {len(ok_train) + len(ok_test)} samples ({per}) in {len(shards)} shards, "
+        f"{sum(s['bytes'] for s in shards) / 1e6:.1f} MB, to {out} in {time.perf_counter() - t0:.1f} s with "
+        f"{max(workers, 1)} worker{'s' if workers > 1 else ''}; encoded {enc.encoded} images"
+        + (f", reused {enc.reused} from the earlier run" if enc.reused else "")
         + (f"; {len(rejected)} rejected images are listed in manifest.json" if rejected else ""))
+    return manifest
+
+
+def _check_splits(inp: _Inputs, n_folds: int) -> None:
+    clash = [c for c in inp.label_names if c in fmt.SAMPLES_COLUMNS]
+    if clash:
+        raise UserError(f"label {clash[0]!r} clashes with a samples.csv column ({', '.join(fmt.SAMPLES_COLUMNS)}); "
+                        f"rename it")
+    if inp.names:  # fail on impossible folds now, not after the long encoding pass (make_folds says it too)
+        units = len(set(inp.groups)) if inp.groups is not None else len(inp.names)
+        if n_folds < 2 or units < n_folds:
+            raise UserError(f"--folds {n_folds} needs at least 2 folds and at most one per "
+                            f"{'group' if inp.groups is not None else 'training row'} ({units})")
+
+
+def _accepted(inp: _Inputs, enc, total: int, skip_bad: bool, wd: WorkDir):
+    """(rejected inputs, accepted training rows, accepted test images); UserError for bad images without --skip_bad."""
+    n = len(inp.names)
+    reasons = enc.reasons
+    rejected = [{"name": inp.names[j] if j < n else inp.test_names[j - n], "split": "train" if j < n else "test",
+                 "row": j if j < n else None, "reason": reasons[j]}
+                for j in sorted(reasons)]
+    if rejected and not skip_bad:
+        shown = "; ".join(f"{r['name']}" + (f" (row {r['row']})" if r["row"] is not None else " (test image)")
+                          + f": {r['reason']}" for r in rejected[:_SHOWN])
+        raise UserError(f"{len(rejected)} of {total} images cannot be used: {shown}"
+                        f"{'; ...' if len(rejected) > _SHOWN else ''} -- fix them or pass --skip_bad to leave "
+                        f"them out (no shard was written; a rerun reuses the {total - len(rejected)} images encoded "
+                        f"in {wd.path})")
+    ok_train = np.array([j for j in range(n) if j not in reasons], dtype=np.int64)
+    ok_test = np.array([j for j in range(len(inp.test_names)) if n + j not in reasons], dtype=np.int64)
+    if n and not len(ok_train):
+        raise UserError(f"none of the {n} training images can be read (first: {rejected[0]['name']}: "
+                        f"{rejected[0]['reason']})")
+    if not len(ok_train) and not len(ok_test):
+        raise UserError(f"{inp.test_dir}: none of the test images can be read")
+    return rejected, ok_train, ok_test
+
+
+def _clean(out: Path, state: str, resumed: bool, log) -> None:
+    """Remove what an earlier run left in OUT, except (when resuming) the tars it finished: the assembly checks and
+    keeps those, and replaces or removes the rest."""
+    shutil.rmtree(out / fmt.SPOOL_DIR, ignore_errors=True)  # the spool of an older cxr-shard, inside OUT
+    if state == "incomplete" and resumed:
+        n = _remove_own_files(out, keep=lambda p: p.suffix in (".tar", ".idx"))
+        log(f"resuming an incomplete earlier run in {out}: removed {n} unfinished files; finished tars are "
+            f"checked against the journal and kept")
+    elif state in ("incomplete", "replace"):
+        what = "an incomplete earlier run" if state == "incomplete" else "the old output"
+        log(f"removed {_remove_own_files(out)} files of {what} from {out}")
+
+
+def _finish(inp: _Inputs, out: Path, asm: Assembly, shards: list[dict], split_args: dict, method, args: dict,
+            rejected: list[dict], ok_train, fold_of_ok, ok_test, enc) -> dict:
+    """folds.csv, samples.csv, then (after removing stale tars and syncing) the manifest, last."""
+    n, n_folds = len(inp.names), split_args["folds"]
+    if n:
+        with atomic_path(out / fmt.FOLDS_CSV) as tmp:
+            write_folds_csv(tmp, [inp.names[j] for j in ok_train], fold_of_ok, split_args["image_col"])
+    asm.write_samples_csv()
+    listed = {s["tar"] for s in shards} | {s["idx"] for s in shards}
+    _remove_own_files(out, keep=lambda p: p.name in listed or p.name in (fmt.SAMPLES_CSV, fmt.FOLDS_CSV))
+    done = [r for r in enc.recs if r is not None]
+    manifest = {
+        "format": fmt.FORMAT, "version": fmt.VERSION, "labels": inp.label_names, "policies": inp.policies,
+        "image_col": split_args["image_col"], "group_col": split_args["group_col"], "folds": n_folds,
+        "seed": split_args["seed"], "split_method": method,
+        "image": {"format": args["format"], "mode": "L", "quality": args["quality"], "resize": args["resize"],
+                  "window": args["window"], "max_height": max(r.height for r in done),
+                  "max_width": max(r.width for r in done)},
+        "source": inp.source,
+        "totals": {"train_rows": n, "train_written": len(ok_train),
+                   "train_rejected": sum(r["split"] == "train" for r in rejected),
+                   "test_images": len(inp.test_names), "test_written": len(ok_test),
+                   "test_rejected": sum(r["split"] == "test" for r in rejected)},
+        "counts": _counts(inp, ok_train, fold_of_ok, ok_test, n_folds),
+        "shards": shards, "samples_csv": fmt.SAMPLES_CSV,
+        "samples_csv_sha256": file_sha256(out / fmt.SAMPLES_CSV), "rejected": rejected, "args": args,
+    }
+    sync_dir(out)  # every shard's rename is durable before the manifest says the output is complete
+    write_bytes_atomic(out / fmt.MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8") + b"\n")
+    sync_dir(out)
     return manifest
 
 
@@ -214,12 +248,12 @@ def _counts(inp: _Inputs, ok_train, fold_of_ok, ok_test, n_folds) -> dict:
     counts = {}
     for k in range(1, n_folds + 1):
         lab = inp.labels[ok_train[fold_of_ok == k]]
-        counts[f"fold{k}"] = {
+        counts[fmt.fold_split(k)] = {
             "samples": len(lab),
             "positives": {c: int((lab[:, j] == 1).sum()) for j, c in enumerate(inp.label_names)},
             "unknown": {c: int(np.isnan(lab[:, j]).sum()) for j, c in enumerate(inp.label_names)},
         }
-    counts["test"] = {"samples": len(ok_test)}
+    counts[fmt.TEST_SPLIT] = {"samples": len(ok_test)}
     return counts
 
 
@@ -247,7 +281,7 @@ def _existing_state(out: Path, args: dict, overwrite: bool) -> tuple[str, dict |
     if not out.exists():
         return "fresh", None
     if not (out / fmt.MANIFEST).exists():
-        own = [p for p in out.iterdir() if fmt.OWN_FILE.match(p.name) or p.name == fmt.SPOOL_DIR]
+        own = [p for p in out.iterdir() if fmt.is_own(p.name) or p.name == fmt.SPOOL_DIR]
         return ("incomplete" if own else "fresh"), None
     try:
         old = rd.load_manifest(out)
@@ -272,44 +306,15 @@ def _existing_state(out: Path, args: dict, overwrite: bool) -> tuple[str, dict |
     return "uptodate", old
 
 
-def _remove_own_files(out: Path) -> int:
-    """Delete what cxr-shard wrote in `out`, the manifest first (a crash here leaves an incomplete output)."""
+def _remove_own_files(out: Path, keep: Callable[[Path], bool] = lambda p: False) -> int:
+    """Delete what cxr-shard wrote in `out` (but what `keep` names), the manifest first (a crash here leaves an
+    incomplete output)."""
     n = 0
     if (out / fmt.MANIFEST).exists():
         (out / fmt.MANIFEST).unlink()
         n += 1
     for p in sorted(out.iterdir()):
-        if fmt.OWN_FILE.match(p.name) and p.is_file():
+        if fmt.is_own(p.name) and p.is_file() and not (fmt.OWN_FILE.match(p.name) and keep(p)):
             p.unlink()
             n += 1
     return n
-
-
-def _encode_all(paths: list[str], opts: EncodeOptions, spool: Path, workers: int, progress: bool):
-    """Encode every image into spool chunk files. Returns (records, chunk per job, reasons, seconds)."""
-    n = len(paths)
-    size = max(1, min(64, math.ceil(n / (max(workers, 1) * 8))))
-    tasks = [(c, [(j, paths[j]) for j in range(s, min(s + size, n))], str(spool / f"c{c:06d}.bin"), opts)
-             for c, s in enumerate(range(0, n, size))]
-    recs: list[tuple | None] = [None] * n
-    chunk_of = np.zeros(n, dtype=np.int64)
-    reasons: dict[int, str] = {}
-    t0 = time.perf_counter()
-    # spawn: safe when the caller (cxr-train) already runs torch/CUDA/DALI threads
-    pool = get_context("spawn").Pool(workers, initializer=worker_init) if workers > 1 else None
-    try:
-        it = pool.imap_unordered(encode_chunk, tasks) if pool else map(encode_chunk, tasks)
-        with tqdm(total=n, unit="img", desc="encode", disable=not progress, dynamic_ncols=True) as bar:
-            for cid, chunk in it:
-                for job, rec, reason in chunk:
-                    chunk_of[job] = cid
-                    if rec is None:
-                        reasons[job] = reason
-                    else:
-                        recs[job] = rec
-                bar.update(len(chunk))
-    finally:
-        if pool:
-            pool.terminate()
-            pool.join()
-    return recs, chunk_of, reasons, time.perf_counter() - t0
