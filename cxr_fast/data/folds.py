@@ -12,6 +12,7 @@ from cxr_fast.errors import UserError
 
 MIS = "multilabel-stratified"
 FALLBACK = "pattern-stratified"
+SINGLE = "label-stratified"  # one label column: iterative stratification needs two or more
 
 
 def _positives(labels: np.ndarray) -> np.ndarray:
@@ -104,7 +105,8 @@ def make_folds(
     """Assign each row a fold in 1..n_folds. Returns (fold per row, method name).
 
     MIS (iterative-stratification) is used unless some label has fewer positives than folds, in which case the
-    pattern-stratified fallback is used. With `groups`, folds are assigned per group (labels aggregated by max),
+    pattern-stratified fallback is used. With a single label column (which iterative stratification refuses as a
+    'binary' target), sklearn's StratifiedKFold on that label is used instead of MIS. With `groups`, folds are assigned per group (labels aggregated by max),
     so no group is split across folds. Either split is then polished by `_rebalance`, so each label's positives
     differ by at most about 1 between folds.
     """
@@ -131,7 +133,10 @@ def make_folds(
     use_mis = not np.any((per_label > 0) & (per_label < n_folds))
     unit_fold = np.zeros(n_units, dtype=np.int64)
     x = np.zeros((n_units, 1))
-    if use_mis:
+    if use_mis and unit_pos.shape[1] == 1:
+        splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, unit_pos[:, 0])
+        method = SINGLE
+    elif use_mis:
         splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(x, unit_pos.astype(int))
         method = MIS

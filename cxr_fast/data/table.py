@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxr_fast.data.csv_read import _line_numbers, _rows, check_header, read_csv_text
+from cxr_fast.data.label_columns import LABEL_VALUES, auto_detect, named
 from cxr_fast.errors import UserError
+
+# read_csv_text, _line_numbers and _rows are imported from here by other modules too.
 
 # The 14 CheXpert labels of the seed's Quick Start, in its order.
 CHEXPERT_LABELS = [
@@ -20,7 +26,6 @@ CHEXPERT_LABELS = [
 ]
 UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
 MISSING_POLICIES = ("zeros", "ignore")
-_MAX_SHOWN = 5
 
 
 @dataclass
@@ -48,41 +53,6 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _rows(lines) -> str:
-    """'line(s) ...' for the first offending rows, given their CSV line numbers."""
-    lines = list(lines)
-    shown = ", ".join(str(int(i)) for i in lines[:_MAX_SHOWN])
-    more = f" (+{len(lines) - _MAX_SHOWN} more)" if len(lines) > _MAX_SHOWN else ""
-    return f"line{'s' if len(lines) > 1 else ''} {shown}{more}"
-
-
-def _line_numbers(csv_path: Path, n_rows: int) -> np.ndarray:
-    """CSV line (header = line 1) on which each data row starts.
-
-    Not simply row + 2: pandas skips blank and whitespace-only lines, and a quoted field may span lines.
-    Only computed when an error needs it.
-    """
-    starts, prev = [], 0
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        for rec in reader:
-            if len(rec) > 1 or (rec and rec[0].strip()):
-                starts.append(prev + 1)
-            prev = reader.line_num
-    starts = starts[1:]  # drop the header
-    if len(starts) != n_rows:  # the csv module and pandas disagree on some odd file: keep the simple count
-        return np.arange(n_rows) + 2
-    return np.asarray(starts)
-
-
-def _duplicate_columns(csv_path: Path) -> list[str]:
-    """Header names that occur twice (pandas would silently rename the second 'A' to 'A.1')."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        header = next((r for r in csv.reader(f) if len(r) > 1 or (r and r[0].strip())), [])
-    header = [c.strip() for c in header]
-    return sorted({c for c in header if header.count(c) > 1})
-
-
 def parse_label_list(labels: str | list[str] | None) -> list[str] | None:
     if labels is None:
         return None
@@ -92,27 +62,13 @@ def parse_label_list(labels: str | list[str] | None) -> list[str] | None:
     return labels or None
 
 
-def _is_label_column(col: pd.Series) -> bool:
-    """Auto-detect rule: every non-missing value is numeric and lies in {0, 1, -1}; at least one value present."""
-    vals = pd.to_numeric(col, errors="coerce")
-    present = col.notna() & (col.astype(str).str.strip() != "")
-    if not present.any() or vals[present].isna().any():
-        return False
-    return bool(vals[present].isin([0.0, 1.0, -1.0]).all())
+def _is_main() -> bool:
+    """Rank 0, or not distributed. Reading a CSV does not import torch for this: without it loaded, torchrun's RANK."""
+    if "torch" in sys.modules:
+        from cxr_fast.dist import is_main
 
-
-def read_csv_text(path: str | Path, what: str = "CSV") -> pd.DataFrame:
-    """Read a CSV with every cell as text (blank = ''): we decide what is numeric, and image names keep their exact
-    spelling. A UTF-8 byte-order mark is accepted. UserError if the file is missing, empty or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: {what} file not found")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: the CSV is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a readable UTF-8 CSV ({str(e).splitlines()[0]})") from None
+        return is_main()
+    return os.environ.get("RANK", "0") == "0"
 
 
 def read_table(
@@ -122,86 +78,84 @@ def read_table(
     uncertain: str = "zeros",
     missing: str = "zeros",
     group_col: str | None = None,
+    log: Callable[[str], None] | None = print,
 ) -> LabelTable:
-    """Read and validate a training CSV. Raises UserError with a one-line message naming the column and rows."""
+    """Read and validate a training CSV. Raises UserError with a one-line message naming the column and rows.
+
+    `log` (rank 0 only) gets the label columns chosen and the columns left out, with the reason; None = quiet.
+    """
     csv_path = Path(csv_path)
     if uncertain not in UNCERTAIN_POLICIES:
         raise UserError(f"--uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
     if missing not in MISSING_POLICIES:
         raise UserError(f"--missing must be one of {MISSING_POLICIES}, got {missing!r}")
-    df = read_csv_text(csv_path)
-    dup_cols = _duplicate_columns(csv_path)
-    if dup_cols:
-        raise UserError(f"{csv_path}: the header names column(s) {', '.join(map(repr, dup_cols))} more than once")
-    df.columns = [str(c).strip() for c in df.columns]
+    df, dropped = check_header(csv_path, read_csv_text(csv_path))
     if image_col not in df.columns:
         raise UserError(f"{csv_path}: no image column {image_col!r} (columns: {', '.join(df.columns)}); "
                         f"use --image_col to name it")
     if len(df) == 0:
         raise UserError(f"{csv_path}: the CSV has a header but no rows")
 
-    def at(mask) -> str:
-        return _rows(_line_numbers(csv_path, len(df))[np.flatnonzero(mask)])
+    def lines_of(mask) -> np.ndarray:
+        return _line_numbers(csv_path, len(df))[np.flatnonzero(mask)]
 
-    names = df[image_col].astype(str)
+    names = _image_names(df[image_col].astype(str), csv_path, image_col, lines_of)
+    groups = _groups(df, csv_path, group_col, lines_of)
+    skip = {image_col: "image column", **({group_col: "group column"} if group_col else {})}
+    wanted = parse_label_list(labels)
+    choice = (named(df, csv_path, wanted, skip) if wanted is not None
+              else auto_detect(df, csv_path, skip, lines_of))
+    choice.left_out[:0] = dropped
+    out = np.empty((len(df), len(choice.labels)), dtype=np.float32)
+    for j, c in enumerate(choice.labels):
+        out[:, j] = _label_values(df[c].str.strip(), csv_path, c, uncertain, missing, lines_of)
+    if log is not None and _is_main():
+        log(choice.note(csv_path))
+    return LabelTable(
+        path=csv_path, names=names, labels=out, label_names=list(choice.labels), groups=groups,
+        uncertain=uncertain, missing=missing, csv_sha256=file_sha256(csv_path),
+    )
+
+
+def _image_names(names: pd.Series, csv_path: Path, image_col: str, lines_of) -> list[str]:
     blank = names.str.strip() == ""
     if blank.any():
-        raise UserError(f"{csv_path}: column {image_col!r} is empty at {at(blank)}")
+        raise UserError(f"{csv_path}: column {image_col!r} is empty at {_rows(lines_of(blank))}")
     dup = names.duplicated(keep=False)
     if dup.any():
         first = names[dup].iloc[0]
         raise UserError(f"{csv_path}: column {image_col!r} has duplicate image names, e.g. {first!r} at "
-                        f"{at(names == first)} ({int(names.duplicated().sum())} duplicates)")
+                        f"{_rows(lines_of(names == first))} ({int(names.duplicated().sum())} duplicates)")
+    return names.tolist()
 
-    groups = None
-    if group_col is not None:
-        if group_col not in df.columns:
-            raise UserError(f"{csv_path}: no group column {group_col!r} (columns: {', '.join(df.columns)})")
-        g = df[group_col].astype(str).str.strip()
-        if (g == "").any():
-            raise UserError(f"{csv_path}: column {group_col!r} is empty at {at(g == '')}")
-        groups = g.to_numpy()
 
-    wanted = parse_label_list(labels)
-    if wanted is not None:
-        absent = [c for c in wanted if c not in df.columns]
-        if absent:
-            raise UserError(f"{csv_path}: label column(s) {', '.join(map(repr, absent))} named in --labels "
-                            f"are not in the CSV")
-        if len(set(wanted)) != len(wanted):
-            raise UserError("--labels names a column twice")
-        if image_col in wanted or (group_col and group_col in wanted):
-            raise UserError("--labels must not include the image or group column")
-        label_names = wanted
-    else:
-        skip = {image_col, group_col}
-        label_names = [c for c in df.columns if c not in skip and _is_label_column(df[c])]
-        if not label_names:
-            raise UserError(f"{csv_path}: no label columns found (a label column holds only 0, 1, -1 or blanks); "
-                            f"name them with --labels")
+def _groups(df: pd.DataFrame, csv_path: Path, group_col: str | None, lines_of) -> np.ndarray | None:
+    if group_col is None:
+        return None
+    if group_col not in df.columns:
+        raise UserError(f"{csv_path}: no group column {group_col!r} (columns: {', '.join(df.columns)})")
+    g = df[group_col].astype(str).str.strip()
+    if (g == "").any():
+        raise UserError(f"{csv_path}: column {group_col!r} is empty at {_rows(lines_of(g == ''))}")
+    return g.to_numpy()
 
-    raw = df[label_names].apply(lambda s: s.str.strip())
-    out = np.empty(raw.shape, dtype=np.float32)
-    for j, c in enumerate(label_names):
-        col = raw[c]
-        is_blank = col == ""
-        vals = pd.to_numeric(col.where(~is_blank), errors="coerce")
-        bad = (~is_blank) & vals.isna()
-        if bad.any():
-            first = col[bad].iloc[0]
-            raise UserError(f"{csv_path}: column {c!r} has non-numeric values (e.g. {first!r}) at {at(bad)}")
-        outside = (~is_blank) & ~vals.isin([0.0, 1.0, -1.0])
-        if outside.any():
-            raise UserError(f"{csv_path}: column {c!r} has values outside {{0, 1, -1}} "
-                            f"(e.g. {col[outside].iloc[0]!r}) at {at(outside)}")
-        v = vals.to_numpy(dtype=np.float64, copy=True)  # pandas 3 (copy-on-write) may hand out a read-only view
-        v[(v == -1.0)] = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertain]
-        v[is_blank.to_numpy()] = {"zeros": 0.0, "ignore": np.nan}[missing]
-        out[:, j] = v
-    return LabelTable(
-        path=csv_path, names=names.tolist(), labels=out, label_names=list(label_names), groups=groups,
-        uncertain=uncertain, missing=missing, csv_sha256=file_sha256(csv_path),
-    )
+
+def _label_values(col: pd.Series, csv_path: Path, c: str, uncertain: str, missing: str, lines_of) -> np.ndarray:
+    """One label column's text -> float64 values under the -1 and blank policies (NaN = unknown)."""
+    is_blank = col == ""
+    vals = pd.to_numeric(col.where(~is_blank), errors="coerce")
+    bad = (~is_blank) & vals.isna()
+    if bad.any():
+        raise UserError(f"{csv_path}: column {c!r} has non-numeric values (e.g. {col[bad].iloc[0]!r}) at "
+                        f"{_rows(lines_of(bad))}")
+    outside = (~is_blank) & ~vals.isin(LABEL_VALUES)
+    if outside.any():
+        raise UserError(f"{csv_path}: column {c!r} has values outside {{0, 1, -1}} "
+                        f"(e.g. {col[outside].iloc[0]!r}) at {_rows(lines_of(outside))}")
+    v = vals.to_numpy(dtype=np.float64, copy=True)  # pandas 3 (copy-on-write) may hand out a read-only view
+    v[(v == -1.0)] = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertain]
+    v[is_blank.to_numpy()] = {"zeros": 0.0, "ignore": np.nan}[missing]
+    return v
 
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
