@@ -126,32 +126,31 @@ def shard_resize(img_size: int) -> int:
     return max(512, int(img_size))
 
 
-def shards_for_training(cfg, build: bool = True) -> Path:
+def shards_for_training(cfg: dict, build: bool = True) -> Path:
     """Build (or reuse) shards for `cxr-train --pipeline dali` without `--shards`: `<shards_root>/<csv stem>-<hash>`,
     the hash covering the CSV's bytes and every setting that changes the shards, so a changed CSV or setting gets
-    new shards and an unchanged one reuses the old (cxr-shard's own up-to-date check). `cfg` is the run's
-    `TrainConfig`. Under DDP only rank 0 builds (`build=True`), with every usable core (not --num_workers, which
-    sizes the training loaders); the others name the folder and wait (`dist.wait_for_main`)."""
+    new shards and an unchanged one reuses the old (cxr-shard's own up-to-date check). Under DDP only rank 0 builds
+    (`build=True`); the others just name the folder and wait at a barrier."""
     import hashlib
     import json
 
     from cxr_fast.data.table import file_sha256
     from cxr_fast.shards.writer import write_shards
 
-    csv = Path(cfg.train_csv)
+    csv = Path(cfg["train_csv"])
     if not csv.is_file():
         raise UserError(f"{csv}: CSV file not found")
-    resize = shard_resize(cfg.img_size)
-    keys = {"csv_sha256": file_sha256(csv), "train_dir": str(Path(cfg.train_dir).absolute()),
-            "test_dir": str(Path(cfg.test_dir).absolute()) if cfg.test_dir else None, "resize": resize,
-            **{k: getattr(cfg, k) for k in ("labels", "image_col", "group_col", "uncertain", "missing", "folds",
-                                            "seed")}}
+    resize = shard_resize(cfg["img_size"])
+    keys = {"csv_sha256": file_sha256(csv), "train_dir": str(Path(cfg["train_dir"]).absolute()),
+            "test_dir": str(Path(cfg["test_dir"]).absolute()) if cfg.get("test_dir") else None, "resize": resize,
+            **{k: cfg.get(k) for k in ("labels", "image_col", "group_col", "uncertain", "missing", "folds", "seed")}}
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
-    out = Path(cfg.shards_root or "shards") / f"{csv.stem}-{digest}"
+    out = Path(cfg.get("shards_root") or "shards") / f"{csv.stem}-{digest}"
     if not build:
         return out
     print(f"--pipeline dali without --shards: shards for this CSV and these settings go to {out}", flush=True)
-    write_shards(csv, cfg.train_dir, out, test_dir=cfg.test_dir, folds=cfg.folds, seed=cfg.seed, labels=cfg.labels,
-                 image_col=cfg.image_col, group_col=cfg.group_col, uncertain=cfg.uncertain, missing=cfg.missing,
-                 resize=resize, workers=None, progress=cfg.progress)
+    write_shards(csv, cfg["train_dir"], out, test_dir=cfg.get("test_dir"), folds=cfg["folds"], seed=cfg["seed"],
+                 labels=cfg.get("labels"), image_col=cfg["image_col"], group_col=cfg.get("group_col"),
+                 uncertain=cfg["uncertain"], missing=cfg["missing"], resize=resize,
+                 workers=max(1, int(cfg.get("num_workers") or 1)), progress=bool(cfg.get("progress", True)))
     return out
