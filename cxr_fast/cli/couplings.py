@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise UserError(f"--out {out}: give a .png, .pdf, .svg or .jpg file name")
     a, labels = mean_coupling(load_fold_checkpoints(args.checkpoints))
+    if len(labels) < 2:  # A is 1x1: its only entry is the diagonal, which is not a coupling
+        print(f"cxr-couplings: the checkpoints have one label ({labels[0]}): there is nothing to couple "
+              f"(A is 1x1); nothing written")
+        return 0
     top = top_couplings(a, labels, args.top)
     plot_heatmap(a, labels, out, title=f"Learned label couplings (A), mean of {len(args.checkpoints)} fold(s)")
     off = a[~np.eye(len(a), dtype=bool)]

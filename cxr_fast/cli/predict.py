@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=nonneg_int, default=4)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--image_col", default="Image_name", help="name of the image column in the output CSV")
+    p.add_argument("--skip_bad", action="store_true",
+                   help="leave unreadable test images out of the CSV (and list them) instead of stopping")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     return p
 
@@ -35,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     from cxr_fast.data.run_data import shard_resize, test_file_set
-    from cxr_fast.data.table import list_test_images
     from cxr_fast.inference import ensemble_predict, load_fold_checkpoints, write_predictions_csv
     from cxr_fast.train.run import resolve_device
 
@@ -52,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 
             require_dali()  # fail before encoding anything when DALI is absent
             resize = shard_resize(max(int(ck["config"]["img_size"]) for _, ck in ckpts))
-            write_test_shards(args.test_dir, tmp, labels, resize=resize, progress=args.progress)
+            manifest = write_test_shards(args.test_dir, tmp, labels, resize=resize, skip_bad=args.skip_bad,
+                                         progress=args.progress)
+            _say_left_out([(r["name"], r["reason"]) for r in manifest["rejected"]])
             samples, names = _shard_test_set(tmp, labels)
         else:
-            names = list_test_images(args.test_dir)
+            names = _readable_test_images(args.test_dir, args.skip_bad)
             samples = test_file_set(args.test_dir, names, len(labels))
         index, probs = ensemble_predict(ckpts, samples, pipeline=args.pipeline, batch_size=args.batch_size,
                                         device=device, tta=args.tta, num_workers=args.num_workers,
@@ -64,6 +67,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out_csv}: {len(index)} images x {len(labels)} labels, mean of {len(ckpts)} checkpoint(s)"
           f"{', flip TTA' if args.tta else ''}")
     return 0
+
+
+def _readable_test_images(test_dir: str, skip_bad: bool) -> list[str]:
+    """The test folder's images. Without --skip_bad an unreadable one stops the loader, naming it; with it, every
+    image is decoded once first and the unreadable ones are left out and listed."""
+    from pathlib import Path
+
+    from cxr_fast.data.table import list_test_images
+    from cxr_fast.images.check import unreadable
+
+    names = list_test_images(test_dir)
+    if not skip_bad:
+        return names
+    bad = unreadable([Path(test_dir) / n for n in names])
+    _say_left_out([(names[i], why) for i, why in sorted(bad.items())])
+    if len(bad) == len(names):
+        raise UserError(f"{test_dir}: none of the {len(names)} test images can be read")
+    return [n for i, n in enumerate(names) if i not in bad]
+
+
+def _say_left_out(bad: list[tuple[str, str]]) -> None:
+    if bad:
+        print(f"--skip_bad: left out {len(bad)} unreadable test image(s): "
+              + "; ".join(f"{name}: {why}" for name, why in bad))
 
 
 def _amp_from(cfg: dict, device):

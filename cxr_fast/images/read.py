@@ -1,6 +1,8 @@
 """Read one radiograph as 8-bit grayscale, with errors that name the file (never a silent black image).
 
-16-bit PNG/TIFF is windowed to 8 bits over the image's own range (or a percentile window), not truncated.
+16-bit PNG/TIFF is windowed to 8 bits over the image's own range (or a percentile window), not truncated; a constant
+16-bit image has no range and reads as all zeros. Every 8-bit mode is read as gray: RGB/CMYK/palette by luminance,
+1-bit as 0/255; an alpha channel (RGBA, LA, PA, a palette's transparency) is ignored, never composited.
 DICOM goes through `cxr_fast.images.dicom` (optional extra `cxr_fast[dicom]`).
 """
 
@@ -25,6 +27,19 @@ def _bit_depth(img: Image.Image) -> int:
     return 8
 
 
+def _to_gray(img: Image.Image) -> Image.Image:
+    """8-bit gray from any 8-bit mode. A palette goes through RGBA first: PIL's direct P -> L warns about (and
+    otherwise ignores) a palette's transparency. Modes PIL cannot take to L directly (LAB, HSV, ...) go through RGB."""
+    if img.mode == "L":
+        return img
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    try:
+        return img.convert("L")
+    except ValueError:
+        return img.convert("RGB").convert("L")
+
+
 def read_gray8(
     path: str | Path, window: tuple[float, float] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, ImageInfo]:
@@ -32,6 +47,8 @@ def read_gray8(
     path = Path(path)
     if path.suffix.lower() == ".dcm":
         return read_dicom_gray8(path, window=window, max_pixels=max_pixels)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not an image file")
     if not path.is_file():
         raise UserError(f"{path}: image file not found")
     if path.stat().st_size == 0:
@@ -53,9 +70,7 @@ def read_gray8(
                 if depth > 8:
                     arr = window_to_uint8(np.asarray(img), window)
                 else:
-                    if img.mode != "L":
-                        img = img.convert("L")
-                    arr = np.asarray(img, dtype=np.uint8)
+                    arr = np.asarray(_to_gray(img), dtype=np.uint8)
                     if window is not None:
                         arr = window_to_uint8(arr, window)
     except UserError:

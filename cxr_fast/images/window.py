@@ -17,7 +17,10 @@ class ImageInfo:
 
 
 def window_to_uint8(a: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
-    """Map an integer/float image to uint8 over [lo, hi]: its own min..max, or percentiles (p_lo, p_hi) if given."""
+    """Map an integer/float image to uint8 over [lo, hi]: its own min..max, or percentiles (p_lo, p_hi) if given.
+
+    An image with no range (hi <= lo: a constant image, or a window with equal percentiles) maps to all zeros: there
+    is no contrast to show, and this never divides by zero."""
     a = a.astype(np.float64)
     if window is None:
         lo, hi = float(a.min()), float(a.max())
