@@ -20,11 +20,13 @@ def _rgb_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-def normalize(images: torch.Tensor, in_chans: int = 1) -> torch.Tensor:
+def normalize(images: torch.Tensor, in_chans: int = 1, *,
+              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """uint8 (B,1|3,H,W) -> float32 (B,in_chans,H,W) on the same device: (x/255 - mean) / std with ImageNet stats.
 
     A 1-channel batch for a 3-channel network is expanded to 3 channels; a 3-channel batch for a 1-channel network
-    is averaged to grey.
+    is averaged to grey. `memory_format=torch.channels_last` gives the layout a channels_last network wants (free
+    for one channel, where both layouts are the same bytes).
     """
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"normalize: expected (B, 1|3, H, W) images, got {tuple(images.shape)}")
@@ -37,5 +39,5 @@ def normalize(images: torch.Tensor, in_chans: int = 1) -> torch.Tensor:
     if in_chans == 3:
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         mean, std = _rgb_stats(x.device)
-        return (x - mean) / std
+        return ((x - mean) / std).contiguous(memory_format=memory_format)
     raise ValueError(f"normalize: in_chans must be 1 or 3, got {in_chans}")

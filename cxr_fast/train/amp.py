@@ -7,12 +7,22 @@ import contextlib
 import torch
 
 
+def cuda_bf16_supported() -> bool:
+    """True where the current CUDA GPU runs bf16 natively (compute capability 8.0+); emulated bf16 (which
+    `is_bf16_supported()` reports by default on older GPUs) is slower than fp16 with a scaler, so it does not count."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a torch without the argument
+        return bool(torch.cuda.is_bf16_supported())
+
+
 class Amp:
     """One mixed-precision code path (nanoGPT style): `autocast()` and `scaler` are always usable.
 
-    CUDA: fp16 with a dynamic GradScaler (dtype "auto"/"fp16"), or bf16 without one ("bf16"). CPU and other
-    devices: off unless dtype="bf16". `enabled=False` (--no_amp) turns everything off. When not fp16, `scaler` is a
-    GradScaler with enabled=False, whose scale/unscale_/step/update are pass-throughs.
+    CUDA: "auto" is bf16 where the GPU computes it natively (Ampere and later; no scaler needed) and fp16 with a
+    dynamic GradScaler otherwise; "fp16" and "bf16" force either. CPU and other devices: off unless dtype="bf16".
+    `enabled=False` (--no_amp) turns everything off. When not fp16, `scaler` is a GradScaler with enabled=False,
+    whose scale/unscale_/step/update are pass-throughs.
     """
 
     DTYPES = ("auto", "fp16", "bf16", "fp32")
@@ -26,7 +36,7 @@ class Amp:
             if dtype == "bf16":
                 self.dtype = torch.bfloat16
             elif self.device_type == "cuda":
-                self.dtype = torch.float16
+                self.dtype = torch.bfloat16 if dtype == "auto" and cuda_bf16_supported() else torch.float16
         self.enabled = self.dtype is not None
         self.scaler = torch.amp.GradScaler(self.device_type if self.device_type == "cuda" else "cpu",
                                            enabled=self.dtype == torch.float16)

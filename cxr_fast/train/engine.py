@@ -1,4 +1,4 @@
-"""The training engine: normalisation on the device, AMP, optimiser and schedule, one training epoch, evaluation.
+"""The training engine: optimiser and schedule, one training epoch (its step is `cxr_fast.train.step`).
 
 Pipeline-agnostic: a loader yields `(images uint8 (B,1,H,W), labels float32 (B,C) NaN=unknown, index int64 (B,))`
 already on the device (see `cxr_fast.pipelines`). No file I/O here.
@@ -16,13 +16,17 @@ from torch import nn
 
 from cxr_fast.model import unwrap
 from cxr_fast.model.ema import ModelEma
-from cxr_fast.model.normalize import normalize
 from cxr_fast.progress import loader_bar
 from cxr_fast.train.amp import Amp
+from cxr_fast.train.speed import model_memory_format
+from cxr_fast.train.step import (
+    StepTally,
+    TrainingDiverged,
+    TrainStep,
+    _prox_threshold,  # noqa: F401 - re-exported (tests, older imports)
+)
 
-
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite training steps: the run cannot continue as configured."""
+__all__ = ["TrainingDiverged", "build_optimizer", "build_scheduler", "train_one_epoch"]
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -61,27 +65,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _prox_threshold(optimizer: torch.optim.Optimizer, A: torch.Tensor, l1: float) -> float | torch.Tensor:
-    """Threshold of the proximal step for l1 * sum|A| after an AdamW step on A.
-
-    With plain SGD it is lr * l1. Adam moves every entry by about lr per step whatever its gradient's size, so a
-    threshold of lr * l1 (1000x smaller than the move for l1 = 1e-3) could never zero an entry: A would be small, not
-    sparse (seed NOTES item 8). Preconditioning the prox like the gradient step, t = lr * l1 / (sqrt(v_hat) + eps)
-    per entry, makes it the L1 penalty's own step: an entry stays at 0 unless its loss gradient outweighs l1.
-    """
-    for group in optimizer.param_groups:
-        if any(p is A for p in group["params"]):
-            lr = group["lr"]
-            state = optimizer.state.get(A, {})
-            if "exp_avg_sq" not in state:
-                return lr * l1
-            # tensor arithmetic throughout: `step` lives on the GPU for the fused optimiser, float() would sync
-            bias2 = 1.0 - torch.pow(group["betas"][1], torch.as_tensor(state["step"], dtype=torch.float32,
-                                                                       device=A.device))
-            return (lr * l1) / (state["exp_avg_sq"].sqrt() / bias2.sqrt() + group["eps"])
-    return 0.0
-
-
 def _batches(loader: Iterable, timer: list[float]):
     """Yield the loader's batches, adding the time spent waiting for each to timer[0]."""
     it = iter(loader)
@@ -103,102 +86,72 @@ def _sync(device: torch.device) -> None:
 def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler, amp: Amp, *, ema: ModelEma | None = None, refiner_l1: float = 1e-3,
                     clip_grad: float | None = 1.0, in_chans: int = 1, max_bad_steps: int = 20, step: int = 0,
-                    progress: bool = True, desc: str = "") -> dict:
+                    progress: bool = True, desc: str = "", check_every: int = 20) -> dict:
     """One pass over `loader`. Returns loss (mean over good steps), lr (last), images, seconds, img_per_s,
     data_wait_s, skipped_steps, overflow_steps, step (global step after the epoch), refiner_sparsity, refiner_l1
     (None without a refiner).
 
     A step with a non-finite loss (or, without a grad scaler, non-finite gradients) is skipped: no optimiser, prox
-    or EMA update. More than `max_bad_steps` such steps in a row raise TrainingDiverged. Under fp16 a gradient overflow
-    with a finite loss is the GradScaler's business (it skips the step and lowers its scale): counted in
-    overflow_steps, not as a bad step. The LR schedule and the global step advance on every iteration, so the LR
-    is a function of the iteration alone (identical on every DDP rank, cosine still ending at 0).
+    or EMA update. More than `max_bad_steps` such steps in a row raise TrainingDiverged: at once with an optimiser
+    that cannot skip on the device, else at the next of the checks every `check_every` steps (see
+    `cxr_fast.train.step`; the progress bar's loss is refreshed at the same checks). Under fp16 a gradient overflow
+    with a finite loss is the GradScaler's business: counted in overflow_steps, not as a bad step. The LR schedule
+    and the global step advance on every iteration, so the LR is a function of the iteration alone (identical on
+    every DDP rank, cosine still ending at 0). Input batches take the model's memory format (channels_last after
+    `cxr_fast.train.speed.use_channels_last`).
     """
     model.train()
     bare = unwrap(model)
-    refiner = getattr(bare, "refiner", None)
-    params = [p for p in model.parameters() if p.requires_grad]
-    scaler = amp.scaler
-    max_norm = clip_grad if clip_grad and clip_grad > 0 else math.inf
     device = next(bare.parameters()).device
-
-    loss_sum, good, skipped, overflow, bad_run, images = 0.0, 0, 0, 0, 0, 0
-    wait = [0.0]
+    train_step = TrainStep(model, loss_fn, optimizer, amp, ema=ema, refiner_l1=refiner_l1, clip_grad=clip_grad,
+                           in_chans=in_chans, memory_format=model_memory_format(bare), max_bad_steps=max_bad_steps,
+                           device=device)
+    check_every = max(1, int(check_every))
+    images, wait = 0, [0.0]
     optimizer.zero_grad(set_to_none=True)
     bar = loader_bar(loader, progress, desc)
     _sync(device)
     t_start = time.perf_counter()
-    for i, batch in enumerate(_batches(loader, wait)):
-        x_u8, labels = batch[0], batch[1]
-        x = normalize(x_u8, in_chans)
-        with amp.autocast():
-            logits = model(x)
-        loss = loss_fn(logits.float(), labels)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        checks = [loss.detach().float(), grad_norm.detach().float()]
-        if scaler.is_enabled():  # the scaler's own inf/NaN check of the unscaled gradients
-            checks += [f.float() for f in scaler._found_inf_per_device(optimizer).values()]
-        # note: the step's one CPU-GPU sync point; backward and clipping are already queued, so the GPU stays busy
-        vals = torch.stack([c.reshape(()).to(loss.device) for c in checks]).tolist()
-        loss_val, norm_val, found_inf = vals[0], vals[1], sum(vals[2:])
-        bad = not math.isfinite(loss_val) or (not scaler.is_enabled() and not math.isfinite(norm_val))
-        if bad:
-            optimizer.zero_grad(set_to_none=True)
-            if scaler.is_enabled():
-                scaler.update()  # unscale_ recorded an inf check; update() consumes it (and backs the scale off)
-            skipped += 1
-            bad_run += 1
-            if bad_run > max_bad_steps:
-                bar.close()
-                raise TrainingDiverged(
-                    f"{bad_run} consecutive training steps had a non-finite loss or gradients (last loss {loss_val}); "
-                    "the run has diverged: try --no_amp, a lower --lr, or check the input labels")
-        else:
-            bad_run = 0
-            scaler.step(optimizer)  # skips the update itself if found_inf
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if found_inf:
-                overflow += 1
-            else:
-                if refiner is not None and refiner_l1 > 0:
-                    refiner.prox_(_prox_threshold(optimizer, refiner.A, refiner_l1))
-                if ema is not None:
-                    ema.update(model, step)
-                    if refiner is not None:
-                        # The averaged A keeps the live A's support: an average over a moving sparsity pattern is
-                        # dense (tiny leftovers everywhere), and the checkpoint stores the EMA's A.
-                        unwrap(ema.module).refiner.A.data.mul_(refiner.A.data != 0)
-            loss_sum += loss_val
-            good += 1
-        if bad:  # the schedule advances on a skipped step too; torch warns if no optimiser step happened yet
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-                scheduler.step()
-        else:
-            scheduler.step()
-        step += 1
-        images += x_u8.shape[0]
-        bar.update(1)
-        if progress and (i % 10 == 0):
-            elapsed = time.perf_counter() - t_start
-            bar.set_postfix(loss=f"{loss_sum / max(good, 1):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                            img_s=f"{images / max(elapsed, 1e-9):.0f}", refresh=False)
-    _sync(device)
-    seconds = time.perf_counter() - t_start
-    bar.close()
+    try:
+        for i, batch in enumerate(_batches(loader, wait)):
+            skipped = train_step(batch[0], batch[1], step)
+            _advance(scheduler, skipped)
+            step += 1
+            images += batch[0].shape[0]
+            bar.update(1)
+            if (i + 1) % check_every == 0:
+                train_step.tally.read()  # the device path's periodic sync: divergence check and the bar's loss
+                if progress:
+                    elapsed = time.perf_counter() - t_start
+                    bar.set_postfix(loss=f"{train_step.tally.mean_loss:.4f}",
+                                    lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                                    img_s=f"{images / max(elapsed, 1e-9):.0f}", refresh=False)
+        tally = train_step.tally.read()
+        _sync(device)
+        seconds = time.perf_counter() - t_start
+    finally:
+        bar.close()
+    refiner = train_step.refiner
     return {
-        "loss": loss_sum / good if good else float("nan"),
+        "loss": train_step.tally.mean_loss,
         "lr": optimizer.param_groups[0]["lr"],
         "images": images,
         "seconds": seconds,
         "img_per_s": images / seconds if seconds > 0 else 0.0,
         "data_wait_s": wait[0],
-        "skipped_steps": skipped,
-        "overflow_steps": overflow,
+        "skipped_steps": int(tally[StepTally.SKIPPED]),
+        "overflow_steps": int(tally[StepTally.OVERFLOW]),
         "step": step,
         "refiner_sparsity": refiner.sparsity() if refiner is not None else None,
         "refiner_l1": refiner.l1() if refiner is not None else None,
     }
+
+
+def _advance(scheduler, skipped: bool) -> None:
+    """scheduler.step(); on a step the host knows was skipped torch would warn that no optimiser step happened yet."""
+    if not skipped:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        scheduler.step()

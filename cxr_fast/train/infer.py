@@ -1,4 +1,10 @@
-"""Evaluation and prediction over a loader: sigmoid of the refined logits, optional flip TTA."""
+"""Evaluation and prediction over a loader: sigmoid of the refined logits, optional flip TTA.
+
+Under `torch.inference_mode` and the run's AMP, with each batch in the model's memory format (channels_last after
+`cxr_fast.train.speed.use_channels_last`); probabilities stay on the device until one transfer at the end. Without
+a backward pass an eval batch needs far less memory than a training batch: the loaders' batch size is the caller's
+(`--eval_batch_size`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from torch import nn
 from cxr_fast.model.normalize import normalize
 from cxr_fast.progress import loader_bar
 from cxr_fast.train.amp import Amp
+from cxr_fast.train.speed import model_memory_format
 
 
 @torch.inference_mode()
@@ -19,10 +26,11 @@ def _infer(model: nn.Module, loader: Iterable, amp: Amp, in_chans: int, tta: boo
     was_training = model.training
     model.eval()
     probs, labels, index = [], [], []
+    memory_format = model_memory_format(model)
     bar = loader_bar(loader, progress, "eval")
     try:
         for batch in loader:
-            x = normalize(batch[0], in_chans)
+            x = normalize(batch[0], in_chans, memory_format=memory_format)
             with amp.autocast():
                 p = torch.sigmoid(model(x).float())
                 if tta:  # flip on the device; the refiner sees each view's own logits

@@ -132,11 +132,14 @@ def test_amp_on_cpu_is_off_unless_bf16():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_amp_on_cuda():
-    amp = Amp(torch.device("cuda"), enabled=True)
+    amp = Amp(torch.device("cuda"), enabled=True, dtype="fp16")  # "auto" is bf16 on Ampere+: see test_speed.py
     assert amp.dtype == torch.float16 and amp.scaler.is_enabled()
+    auto = Amp(torch.device("cuda"), enabled=True)
+    assert auto.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16)
+    assert auto.scaler.is_enabled() is (auto.dtype == torch.float16)
     state = amp.state_dict()
     assert "scale" in state
-    amp2 = Amp(torch.device("cuda"), enabled=True)
+    amp2 = Amp(torch.device("cuda"), enabled=True, dtype="fp16")
     amp2.load_state_dict({**state, "scale": 1024.0})
     assert amp2.scaler.get_scale() == 1024.0
     bf = Amp(torch.device("cuda"), enabled=True, dtype="bf16")

@@ -1,0 +1,165 @@
+"""The GPU speed switches, checked on the CPU: channels_last (conv models only, batches follow the model's layout),
+Amp dtype "auto", cudnn.benchmark, and an in-place torch.compile of the backbone that leaves checkpoints clean."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cxr_fast.model import CXRClassifier, LabelGraphRefiner
+from cxr_fast.model.ema import ModelEma
+from cxr_fast.model.losses import build_loss
+from cxr_fast.model.normalize import normalize
+from cxr_fast.train import speed
+from cxr_fast.train.amp import Amp
+from cxr_fast.train.engine import build_optimizer, build_scheduler, train_one_epoch
+from cxr_fast.train.infer import evaluate
+from tests.train.test_engine import CPU, TensorLoader, toy_data, toy_model
+
+
+class MlpBackbone(nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _cl(w: torch.Tensor) -> bool:
+    return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+# ---------------------------------------------------------------- channels_last
+
+def test_channels_last_applies_only_to_conv_models_and_by_default_only_on_cuda():
+    mlp = CXRClassifier(MlpBackbone(), LabelGraphRefiner(3))
+    assert not speed.is_convolutional(mlp)
+    assert speed.use_channels_last(mlp, "cuda", enabled=True) is False
+    assert speed.model_memory_format(mlp) == torch.contiguous_format
+    model = toy_model()
+    assert speed.is_convolutional(nn.DataParallel(model))
+    assert speed.use_channels_last(model, CPU) is False  # auto: off on the CPU
+    assert speed.model_memory_format(model) == torch.contiguous_format
+    assert speed.use_channels_last(model, CPU, enabled=False) is False
+    keys = list(model.state_dict())
+    assert speed.use_channels_last(model, "cuda") is True  # auto: on for a conv model on CUDA (decided, not moved)
+    assert model.backbone.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert list(model.state_dict()) == keys
+    # the toy's one conv has a single input channel, whose two layouts are the same bytes: nothing to convert
+    assert speed.model_memory_format(model) == torch.contiguous_format
+    conv = nn.Conv2d(3, 4, 3)
+    assert speed.use_channels_last(conv, CPU, enabled=True) and _cl(conv.weight)
+    assert speed.model_memory_format(conv) == torch.channels_last
+
+
+def test_normalize_gives_the_requested_layout():
+    rgb = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    out = normalize(rgb, 3, memory_format=torch.channels_last)
+    assert _cl(out)
+    torch.testing.assert_close(out, normalize(rgb, 3))
+    grey = normalize(rgb[:, :1], 1, memory_format=torch.channels_last)
+    assert grey.is_contiguous(memory_format=torch.channels_last)
+
+
+class RgbTiny(nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_a_channels_last_model_evaluates_like_the_contiguous_one_and_trains():
+    images, labels = toy_data(n=32)
+    loader = TensorLoader(images, labels, batch_size=8)
+    torch.manual_seed(0)
+    plain = CXRClassifier(RgbTiny(), LabelGraphRefiner(3))
+    model = copy.deepcopy(plain)
+    assert speed.use_channels_last(model, CPU, enabled=True) is True
+    assert speed.model_memory_format(model) == torch.channels_last
+    assert speed.model_memory_format(plain) == torch.contiguous_format
+    assert list(model.state_dict()) == list(plain.state_dict())
+    for m in (model, plain):  # some BatchNorm statistics first, so that eval mode is not trivial
+        m.train()
+        with torch.no_grad():
+            m(normalize(images, 3, memory_format=speed.model_memory_format(m)))
+    want, _, _ = evaluate(plain, loader, Amp(CPU, False), in_chans=3, tta=True)
+    got, _, _ = evaluate(model, loader, Amp(CPU, False), in_chans=3, tta=True)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    ema = ModelEma(model)
+    opt = build_optimizer(model, 1e-2, 1e-4)
+    stats = train_one_epoch(model, loader, build_loss("bce", labels.numpy()), opt, build_scheduler(opt, 1, 4),
+                            Amp(CPU, False), ema=ema, in_chans=3, progress=False)
+    assert stats["skipped_steps"] == 0 and math.isfinite(stats["loss"])
+    assert _cl(model.backbone.features[3].weight) and _cl(ema.module.backbone.features[3].weight)
+    assert not torch.equal(model.backbone.features[3].weight, plain.backbone.features[3].weight)
+
+
+# ---------------------------------------------------------------- AMP dtype and cudnn
+
+@pytest.mark.parametrize("native_bf16, dtype, scaler", [(True, torch.bfloat16, False), (False, torch.float16, True)])
+def test_amp_auto_picks_bf16_where_the_gpu_has_it(monkeypatch, native_bf16, dtype, scaler):
+    asked = {}
+
+    def is_bf16_supported(including_emulation=True):
+        asked["including_emulation"] = including_emulation
+        return native_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GradScaler("cuda") warns (and disables itself) on a machine without CUDA
+        amp = Amp("cuda", enabled=True, dtype="auto")
+        assert Amp("cuda", enabled=True, dtype="fp16").dtype == torch.float16
+        assert Amp("cuda", enabled=True, dtype="bf16").dtype == torch.bfloat16
+        assert not Amp("cuda", enabled=False).enabled
+    assert amp.dtype == dtype and asked == {"including_emulation": False}  # emulated bf16 does not count
+    if torch.cuda.is_available():
+        assert amp.scaler.is_enabled() is scaler
+    assert Amp(CPU, enabled=True, dtype="auto").dtype is None  # the CPU keeps AMP off unless bf16
+
+
+def test_configure_cuda_sets_cudnn_benchmark_for_fixed_sizes(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored afterwards
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    speed.configure_cuda(fixed_size=True)
+    assert torch.backends.cudnn.benchmark is True
+    speed.configure_cuda(fixed_size=False)
+    assert torch.backends.cudnn.benchmark is False
+
+
+# ---------------------------------------------------------------- torch.compile
+
+@pytest.mark.slow
+def test_compiled_backbone_trains_and_saves_clean_keys():
+    model = toy_model(blind=())
+    keys, bb_keys = list(model.state_dict()), list(model.backbone.state_dict())
+    assert speed.maybe_compile(model, enabled=False) is False
+    assert speed.maybe_compile(model, enabled=True) is True
+    try:  # compilation happens on the first call; it needs a working C++ toolchain on the CPU
+        with torch.no_grad():
+            model(torch.zeros(2, 1, 32, 32))
+    except Exception as e:  # noqa: BLE001 - any backend failure means "cannot test here"
+        pytest.skip(f"torch.compile does not work here: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    ema = ModelEma(model)  # made after compiling: its copy runs eagerly
+    assert getattr(ema.module.backbone, "_compiled_call_impl", None) is None
+    images, labels = toy_data(n=16)
+    opt = build_optimizer(model, 1e-2, 1e-4)
+    before = model.backbone.head.weight.detach().clone()
+    stats = train_one_epoch(model, TensorLoader(images, labels, batch_size=8), build_loss("bce", labels.numpy()), opt,
+                            build_scheduler(opt, 1, 2), Amp(CPU, False), ema=ema, progress=False)
+    assert stats["skipped_steps"] == 0 and math.isfinite(stats["loss"])
+    assert not torch.equal(model.backbone.head.weight, before)
+    assert list(model.state_dict()) == keys and list(model.backbone.state_dict()) == bb_keys
+    assert list(ema.module.state_dict()) == keys
+    assert not any("_orig_mod" in k for k in model.state_dict())
+    assert not torch.equal(ema.module.backbone.head.weight, toy_model(blind=()).backbone.head.weight)
