@@ -3,6 +3,7 @@ pipelines, cxr-predict): exit code 2, one line naming the file / line / column, 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -242,8 +243,10 @@ def test_predict_refuses_a_corrupt_test_image_or_skips_it(pil_run, corrupt_test_
     argv = ["--checkpoints", str(pil_run / "test_resnet_fold*.pth"), "--test_dir", str(corrupt_test_dir),
             "--out_csv", str(out), "--pipeline", pipeline, "--num_workers", "0" if pipeline == "pil" else "1",
             "--no-progress", "--device", "cpu"]
+    spools = set(Path(tempfile.gettempdir()).glob(".cxr-predict-*"))
     msg = _one_line_exit_2(capsys, lambda: predict_cli.main(argv))
     assert bad in msg and not out.exists()
+    assert set(Path(tempfile.gettempdir()).glob(".cxr-predict-*")) == spools  # no work folder left in /tmp
     assert predict_cli.main([*argv, "--skip_bad"]) == 0
     said = capsys.readouterr().out
     assert f"left out 1 unreadable test image(s): {bad}" in said

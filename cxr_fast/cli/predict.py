@@ -53,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 
             require_dali()  # fail before encoding anything when DALI is absent
             resize = shard_resize(max(int(ck["config"]["img_size"]) for _, ck in ckpts))
-            manifest = write_test_shards(args.test_dir, tmp, labels, resize=resize, skip_bad=args.skip_bad,
+            # A folder inside tmp: the writer keeps its work folder beside OUT, so it goes when tmp goes
+            shards = f"{tmp}/test"
+            manifest = write_test_shards(args.test_dir, shards, labels, resize=resize, skip_bad=args.skip_bad,
                                          progress=args.progress)
             _say_left_out([(r["name"], r["reason"]) for r in manifest["rejected"]])
-            samples, names = _shard_test_set(tmp, labels)
+            samples, names = _shard_test_set(shards, labels)
         else:
             names = _readable_test_images(args.test_dir, args.skip_bad)
             samples = test_file_set(args.test_dir, names, len(labels))
