@@ -1,25 +1,10 @@
-"""The DALI pipeline (`--pipeline dali`): WebDataset shards -> decode + augment (on the GPU when there is one) -> uint8.
+"""The DALI loader (`--pipeline dali`): the graph of `dali_graph.py` behind the package's loader contract.
 
-Per sample, the graph is
+A batch leaves as (images uint8 (B, 1, S, S), labels float32 (B, C), index int64 (B,)) on the loader's device.
+On CUDA the images never touch the host; labels and index are moved to the GPU inside the pipeline. `decode`
+("auto", "crop", "full"; the trainer's `--dali_decode`) picks how training images are decoded (see `dali_graph`).
 
-    readers.webdataset  (jpg|png, labels: raw float32, index: raw int64)
-    train: decoders.image_random_crop    decodes only the random-area crop window ("mixed" = GPU decode on CUDA)
-           [-> resize to S x S]          linear, antialiased; GPU default only (see below)
-           -> warp_affine                nearest: rotation and horizontal flip (and, fused, crop -> S x S)
-           -> jitter                     only when spec.jitter > 0: brightness, then contrast about the mean
-    eval:  decoders.image -> resize      the whole image squashed to S x S, linear + antialias (as PIL's BILINEAR)
-
-and a batch leaves as (images uint8 (B, 1, S, S), labels float32 (B, C), index int64 (B,)) on the loader's device.
-On CUDA the images never touch the host; labels and index are moved to the GPU inside the pipeline.
-
-The warp: on CPU every resampling pass costs about as much as the decode, and DALI's CPU warp is ~5x slower with
-bilinear than nearest sampling (measured: ~950 vs ~200 img/s; resize + warp ~390). So on CPU (`fused_warp`
-default) ONE nearest warp maps the crop straight to S x S with rotation and flip: the resize part then skips the
-antialiasing the spec asks for "where the kernel offers it" (mild aliasing: a 512 px crop is ~1.1-1.35x a 380 px
-output). On a GPU, where passes are cheap, the spec is followed exactly: linear antialiased resize, then the
-nearest warp for rotation + flip only. Either way the flip is a negative x scale in the warp matrix, not a pass.
-
-Epochs, shuffling and sharding (checked against DALI 2.4's iterator code and by tests/test_dali.py):
+Epochs, shuffling and sharding (checked against DALI 2.4's iterator code and by tests/pipelines/test_dali.py):
 - The reader splits the sample list by index into `world` contiguous parts (`shard_id=rank`) and pads every part to
   the same number of batches (`pad_last_batch=True`); the DALI iterator always runs with `LastBatchPolicy.PARTIAL`,
   which cuts the padding off again, so every DALI epoch is exactly one pass over the part.
@@ -44,161 +29,53 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cxr_fast.data.augment import AugmentSpec
 from cxr_fast.data.samples import SampleSet
 from cxr_fast.errors import UserError
+from cxr_fast.pipelines.dali_errors import loader_error
+from cxr_fast.pipelines.dali_graph import (  # noqa: F401  (build_pipeline, require_dali: this module's API too)
+    DECODES,
+    READER,
+    build_pipeline,
+    require_dali,
+    resolve_decode,
+    shard_sample_counts,
+)
 
-READER = "Reader"
 OUTPUTS = ("images", "labels", "index")
-
-
-def require_dali():
-    """Import DALI lazily; the rest of the package works where it is absent."""
-    try:
-        import nvidia.dali  # noqa: F401
-        from nvidia.dali.plugin import pytorch  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"--pipeline dali needs NVIDIA DALI ({e}); install it with "
-                        "`pip install nvidia-dali-cuda120` or use --pipeline pil") from None
-    from nvidia import dali
-
-    return dali
-
-
-def shard_sample_counts(shards: list[tuple[Path, Path]]) -> list[int]:
-    """Sample count of each shard, from its DALI index's first line."""
-    from cxr_fast.shards.format import index_sample_count
-
-    return [index_sample_count(idx) for _, idx in shards]
-
-
-def _seed(*parts: int) -> int:
-    """A 31-bit seed derived from integers (DALI seeds are non-negative int32-range values)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def _train_images(encoded, spec: AugmentSpec, decode_kw: dict, fused_warp: bool):
-    """Random-area crop fused into the decode, a nearest warp_affine for rotation + flip, then jitter.
-
-    fused_warp: the warp also does the resize crop -> S x S (one resampling pass, the fast CPU choice); otherwise
-    a linear antialiased resize comes first and the warp works at S x S (the spec exactly; cheap on a GPU).
-    """
-    from nvidia.dali import fn, types
-
-    s = float(spec.img_size)
-    img = fn.decoders.image_random_crop(encoded, random_area=list(spec.scale), random_aspect_ratio=list(spec.ratio),
-                                        num_attempts=10, **decode_kw)  # (h, w, 1): the crop
-    if not fused_warp:
-        img = fn.resize(img, resize_x=s, resize_y=s, interp_type=types.INTERP_LINEAR, antialias=True)
-    if fused_warp or spec.rotate_deg > 0 or spec.flip_p > 0:
-        hw = img.shape(dtype=types.FLOAT)  # [h, w, 1], on the CPU also for GPU images
-        h, w = hw[0], hw[1]
-        sx = w / s
-        if spec.flip_p > 0:
-            sx = sx * (1.0 - 2.0 * fn.random.coin_flip(probability=spec.flip_p, dtype=types.INT32))
-        # Destination -> source map on continuous pixel coordinates ([0, 0] = corner of the first pixel):
-        # centre the output, rotate, scale to the source (x mirrored when flipped), move to the source's centre.
-        m = fn.transforms.translation(offset=[-s / 2, -s / 2])
-        if spec.rotate_deg > 0:
-            m = fn.transforms.rotation(m, angle=fn.random.uniform(range=[-spec.rotate_deg, spec.rotate_deg]))
-        m = fn.transforms.scale(m, scale=fn.stack(sx, h / s))
-        m = fn.transforms.translation(m, offset=fn.stack(w / 2, h / 2))
-        img = fn.warp_affine(img, matrix=m, size=[s, s], interp_type=types.INTERP_NN, fill_value=0, inverse_map=True)
-    if spec.jitter > 0:
-        img = _jitter(img, spec.jitter)
-    return img
-
-
-def _jitter(img, jitter: float):
-    """As the PIL path (ImageEnhance.Brightness, then .Contrast): x = clamp(b * img), out = m + c * (x - m), with m the
-    mean grey of x, so contrast keeps the mean. fn.brightness_contrast can't do this: its pivot is a CPU-side argument,
-    and on the GPU the mean lives on the device, so plain arithmetic ops do it on either backend."""
-    from nvidia.dali import fn, math, types
-
-    j = [1.0 - jitter, 1.0 + jitter]
-    b, c = fn.random.uniform(range=j), fn.random.uniform(range=j)
-    if img.device == "gpu":
-        b, c = b.gpu(), c.gpu()
-    x = math.clamp(img * b, 0.0, 255.0)
-    m = fn.reductions.mean(x)  # one value per sample, broadcast below
-    return fn.cast(math.clamp(m + c * (x - m), 0.0, 255.0), dtype=types.UINT8)
-
-
-def _eval_images(encoded, spec: AugmentSpec, decode_kw: dict):
-    from nvidia.dali import fn, types
-
-    img = fn.decoders.image(encoded, **decode_kw)
-    return fn.resize(img, resize_x=spec.img_size, resize_y=spec.img_size, interp_type=types.INTERP_LINEAR,
-                     antialias=True)
-
-
-def build_pipeline(samples: SampleSet, spec: AugmentSpec, batch_size: int, *, num_threads: int, device_id: int | None,
-                   seed: int, rank: int, world: int, hw_decoder_load: float = 0.65, prefetch: int = 2,
-                   fused_warp: bool | None = None):
-    """The DALI pipeline (built, not yet run). `device_id=None` = CPU only; an int = mixed decode on that GPU.
-
-    fused_warp (train only): None = fused on CPU, resize + warp on GPU (see `_train_images`).
-    """
-    dali = require_dali()
-    from nvidia.dali import fn, types
-
-    counts = shard_sample_counts(samples.shards)
-    gpu = device_id is not None
-    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                         seed=_seed(seed, rank, 1), prefetch_queue_depth=prefetch)
-    decode_kw = {"device": "mixed" if gpu else "cpu", "output_type": types.GRAY}
-    if gpu:
-        decode_kw["hw_decoder_load"] = hw_decoder_load
-        if samples.image_hint:
-            decode_kw["preallocate_height_hint"], decode_kw["preallocate_width_hint"] = map(int, samples.image_hint)
-    with pipe:
-        shuffle = {"random_shuffle": True, "initial_fill": max(max(counts), batch_size), "shuffle_after_epoch": True,
-                   "shuffle_after_epoch_seed": _seed(seed, 2)} if spec.train else {"stick_to_shard": True}
-        encoded, labels, index = fn.readers.webdataset(
-            paths=[str(t) for t, _ in samples.shards], index_paths=[str(i) for _, i in samples.shards],
-            ext=["jpg;png", "labels", "index"], dtypes=[types.UINT8, types.FLOAT, types.INT64],
-            missing_component_behavior="error", shard_id=rank, num_shards=world, pad_last_batch=True,
-            name=READER, **shuffle)
-        fused = (not gpu) if fused_warp is None else fused_warp
-        images = _train_images(encoded, spec, decode_kw, fused) if spec.train else _eval_images(encoded, spec, decode_kw)
-        if gpu:
-            labels, index = labels.gpu(), index.gpu()
-        pipe.set_outputs(images, labels, index)
-    pipe.build()
-    return pipe
 
 
 class DALILoader:
     """The loader contract over a DALI pipeline: `len()`, `num_samples`, `set_epoch`, batches on the device."""
 
     def __init__(self, pipe, *, num_samples: int, num_batches: int, num_labels: int, device: torch.device,
-                 root: Path | None = None):
+                 root: Path | None = None, decode: str = "crop"):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         self.pipe, self.num_samples, self.device, self.epoch = pipe, num_samples, device, 0
+        self.decode = decode  # the resolved decode form ("crop" or "full"), for logs and error advice
         self._root = root  # the shards' folder, named in read errors
         self._num_batches, self._num_labels = num_batches, num_labels
         try:  # the iterator starts the pipeline (prefetch): unreadable data can fail here already
             self._it = DALIGenericIterator([pipe], list(OUTPUTS), reader_name=READER,
                                            last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
         except RuntimeError as e:
-            raise self._read_error(e) from None
+            self._raise(e)
         self._mid_epoch = False
 
     def __len__(self) -> int:
         return self._num_batches
 
-    def _read_error(self, e: RuntimeError) -> UserError:
-        """DALI reports an unreadable shard member as a RuntimeError with its C++ trace: one line instead."""
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" ")]
-        where = next((ln.rstrip(",") for ln in lines if ln.startswith("Error in")), "")
-        after = lines[lines.index("encountered:") + 1:] if "encountered:" in lines else lines[-1:]
-        what = "; ".join(x for x in (where, after[0] if after else "") if x)
-        return UserError(f"DALI could not read the shards in {self._root} ({what[:300]}): a member is corrupt or "
-                         f"altered; check them with: cxr-shard verify {self._root}")
+    def _read_error(self, e: RuntimeError) -> Exception:
+        """DALI's RuntimeError (with its C++ trace) as one line: a UserError naming `cxr-shard verify` when the shards
+        are unreadable, a DALIPipelineError otherwise (see `dali_errors`)."""
+        return loader_error(e, self._root, self.decode)
+
+    def _raise(self, e: RuntimeError):
+        err = self._read_error(e)
+        raise err from (None if isinstance(err, UserError) else e)  # the C++ trace only where it may help
 
     def set_epoch(self, epoch: int) -> None:
         """Recorded only: DALI reshuffles by itself every pass (see the module docstring)."""
@@ -233,7 +110,7 @@ class DALILoader:
             except StopIteration:
                 break
             except RuntimeError as e:
-                raise self._read_error(e) from None
+                self._raise(e)
             if n < self._num_batches and out["images"].shape[0] > 0:
                 n += 1
                 yield self._unpack(out)
@@ -243,16 +120,20 @@ class DALILoader:
 
 def build_dali_loader(samples: SampleSet, spec: AugmentSpec, batch_size: int, device: torch.device, *,
                       num_workers: int = 4, seed: int = 0, rank: int = 0, world: int = 1,
-                      hw_decoder_load: float = 0.65, prefetch: int = 2, fused_warp: bool | None = None) -> DALILoader:
+                      hw_decoder_load: float = 0.65, prefetch: int = 2, fused_warp: bool | None = None,
+                      decode: str = "auto") -> DALILoader:
     """Loader over `samples.shards` with augmentation `spec`; `num_workers` = DALI CPU threads.
 
     CUDA `device`: GPU ("mixed") decode on that device, batches stay on it. CPU `device`: CPU-only pipeline.
     `len()` = full batches per rank (train) or ceil(this rank's part / batch_size) (eval);
     `num_samples` = samples in the whole set (all ranks), as in the PIL loader.
     `fused_warp` (train): one nearest warp from the crop (default on CPU) or resize + warp (default on GPU).
+    `decode` (train; `--dali_decode`): "crop" decodes only the crop window, "full" the whole image then crops,
+    "auto" = "full" on CUDA, "crop" on the CPU.
     """
     require_dali()
     device = torch.device(device)
+    form = resolve_decode(decode, device.type == "cuda")
     if batch_size <= 0:
         raise UserError(f"--batch_size must be positive, got {batch_size}")
     if not samples.shards:
@@ -280,6 +161,6 @@ def build_dali_loader(samples: SampleSet, spec: AugmentSpec, batch_size: int, de
         device_id = device.index if device.index is not None else torch.cuda.current_device()
     pipe = build_pipeline(samples, spec, batch_size, num_threads=max(1, num_workers), device_id=device_id,
                           seed=seed, rank=rank, world=world, hw_decoder_load=hw_decoder_load, prefetch=prefetch,
-                          fused_warp=fused_warp)
+                          fused_warp=fused_warp, decode=form)
     return DALILoader(pipe, num_samples=n, num_batches=num_batches, num_labels=samples.labels.shape[1],
-                      device=device, root=samples.shards[0][0].parent)
+                      device=device, root=samples.shards[0][0].parent, decode=form)

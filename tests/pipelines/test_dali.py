@@ -1,14 +1,9 @@
-"""The DALI pipeline (CPU mode here; one GPU test): coverage, alignment, contract, determinism, PIL differential.
-
-Self-checking data: sample i of the synthetic set is a flat grey image of level 20 + 5 i whose labels are the bits
-of i (plus an "uncertain" column that is NaN for every third i), so any image/label/index mix-up shows.
-"""
+"""The DALI pipeline (CPU mode here; GPU tests marked): coverage, alignment, contract, determinism, PIL differential,
+in both decode forms where the training graph is involved. Data: tests/pipelines/dali_data.py."""
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,71 +17,11 @@ from cxr_fast.data.samples import SampleSet
 from cxr_fast.errors import UserError
 from cxr_fast.pipelines.dali import build_dali_loader
 from cxr_fast.shards.read import load_manifest, sample_set
-from cxr_fast.shards.writer import write_shards
 
-N = 45  # 3 folds of 15, tars of <= 8 samples
-FOLDS = ["fold1", "fold2", "fold3"]
-REAL = ["00000001_000.png", "00027426_000.png"]
-CPU = torch.device("cpu")
+from .dali_data import CPU, FOLDS, N, check_alignment, corr, epoch, grey, indices
+from .dali_data import write_set as _write
 
-
-def grey(i):
-    return 20 + 5 * np.asarray(i)
-
-
-def expected_labels(i: int) -> np.ndarray:
-    return np.array([(i >> b) & 1 for b in range(3)] + [np.nan if i % 3 == 0 else i % 2], np.float32)
-
-
-def _write(root: Path, images: list[np.ndarray], labels: list[list[str]], **kw) -> Path:
-    (root / "train").mkdir(parents=True)
-    with open(root / "train.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Image_name", "A", "B", "C", "D"])
-        for i, (img, lab) in enumerate(zip(images, labels)):
-            Image.fromarray(img).save(root / "train" / f"img{i:03d}.png")
-            w.writerow([f"img{i:03d}.png", *lab])
-    out = root / "shards"
-    write_shards(root / "train.csv", root / "train", out, uncertain="ignore", workers=1, progress=False, log=None,
-                 **kw)
-    return out
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> SampleSet:
-    images = [np.full((40, 48), grey(i), np.uint8) for i in range(N)]
-    labels = [["-1" if np.isnan(v) else str(int(v)) for v in expected_labels(i)] for i in range(N)]
-    out = _write(tmp_path_factory.mktemp("synth"), images, labels, folds=3, seed=0, resize=0, samples_per_shard=8)
-    return sample_set(out, load_manifest(out), FOLDS)
-
-
-@pytest.fixture(scope="module")
-def real(tmp_path_factory) -> tuple[SampleSet, list[np.ndarray]]:
-    """The two NIH radiographs and shifted copies (8 samples), as 512 px grey JPEG shards."""
-    src = [Path(__file__).parent / "data" / n for n in REAL]  # shipped in tests/data (see its README)
-    base = [np.asarray(Image.open(p).convert("L")) for p in src]
-    images = [np.ascontiguousarray(np.roll(base[i % 2], 7 * i, axis=1)) for i in range(8)]
-    out = _write(tmp_path_factory.mktemp("real"), images, [["0", "1", "0", "1"]] * 8, folds=2, seed=0, resize=512,
-                 image_format="jpg", quality=95, samples_per_shard=4)
-    return sample_set(out, load_manifest(out), ["fold1", "fold2"]), images
-
-
-def epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    return list(loader)
-
-
-def indices(batches) -> list[int]:
-    return torch.cat([b[2] for b in batches]).tolist()
-
-
-def check_alignment(batches) -> None:
-    """Centre grey level and labels both encode the index (batches collected first: tensors must not be reused)."""
-    for images, labels, index in batches:
-        s = images.shape[-1]
-        centre = images[:, 0, s // 2 - 2: s // 2 + 2, s // 2 - 2: s // 2 + 2].float().flatten(1).median(1).values
-        assert torch.all((centre - torch.from_numpy(grey(index.numpy())).float()).abs() <= 2), (centre, index)
-        want = np.stack([expected_labels(int(i)) for i in index])
-        np.testing.assert_array_equal(labels.numpy(), want)  # NaN == NaN here
+DECODES = ["crop", "full"]
 
 
 def test_contract_cpu(synth):
@@ -157,10 +92,12 @@ def test_train_ranks_disjoint_and_equal_length(synth):
         assert len(set(parts[0] + parts[1])) == 44
 
 
+@pytest.mark.parametrize("decode", DECODES)
 @pytest.mark.parametrize("fused", [True, False])  # CPU default / GPU default graph
-def test_alignment_after_train_augmentation(synth, fused):
+def test_alignment_after_train_augmentation(synth, fused, decode):
     spec = AugmentSpec(img_size=32, scale=(0.5, 1.0), rotate_deg=30, flip_p=0.5)
-    check_alignment(epoch(build_dali_loader(synth, spec, 6, CPU, num_workers=2, seed=1, fused_warp=fused)))
+    check_alignment(epoch(build_dali_loader(synth, spec, 6, CPU, num_workers=2, seed=1, fused_warp=fused,
+                                            decode=decode)))
 
 
 def test_jitter_on_flat_images_is_brightness_only(synth):
@@ -216,7 +153,8 @@ def test_break_early_then_full_epoch(synth):
     assert sorted(indices(epoch(loader))) == list(range(N))
 
 
-def test_geometry_matches_pil(tmp_path):
+@pytest.mark.parametrize("decode", DECODES)
+def test_geometry_matches_pil(tmp_path, decode):
     """Full-image 'crop', no rotation. Fused: the warp is exactly PIL's nearest resize (mirrored with flip_p=1).
     Unfused: exactly the mirrored eval output (resize, then an exact mirror by the warp); that resize vs PIL's
     BILINEAR on white noise at 60x80 -> 40x40 (the worst case for filter differences): mean 0.42, max 10 grey levels.
@@ -229,7 +167,8 @@ def test_geometry_matches_pil(tmp_path):
                for i, im in zip(idx, ims)}
     for fused, flip in [(True, 0.0), (True, 1.0), (False, 1.0)]:
         spec = AugmentSpec(img_size=40, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), rotate_deg=0, flip_p=flip)
-        for imgs, _, index in epoch(build_dali_loader(samples, spec, 3, CPU, num_workers=1, fused_warp=fused)):
+        for imgs, _, index in epoch(build_dali_loader(samples, spec, 3, CPU, num_workers=1, fused_warp=fused,
+                                                      decode=decode)):
             for k, i in enumerate(index.tolist()):
                 pil = Image.fromarray(images[i]).resize((40, 40), Image.NEAREST if fused else Image.BILINEAR)
                 pil = np.asarray(pil.transpose(Image.FLIP_LEFT_RIGHT) if flip else pil, np.float32)
@@ -241,21 +180,19 @@ def test_geometry_matches_pil(tmp_path):
                     assert np.abs(got - pil).mean() < 1.0
 
 
-def _corr(a, b) -> float:
-    return float(np.corrcoef(np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel())[0, 1])
-
-
-def test_real_radiograph_survives(real):
+@pytest.mark.parametrize("decode", DECODES)
+def test_real_radiograph_survives(real, decode):
     samples, originals = real
     s = 380
     eval_batches = epoch(build_dali_loader(samples, AugmentSpec.for_eval(s), 4, CPU, num_workers=2))
     plain = AugmentSpec(img_size=s, scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate_deg=0, flip_p=0)  # the warp paths
-    train_batches = [epoch(build_dali_loader(samples, plain, 4, CPU, num_workers=2, fused_warp=f)) for f in (1, 0)]
+    train_batches = [epoch(build_dali_loader(samples, plain, 4, CPU, num_workers=2, fused_warp=f, decode=decode))
+                     for f in (1, 0)]
     for batches in (eval_batches, *train_batches):
         for imgs, _, index in batches:
             for k, i in enumerate(index.tolist()):
                 ref = Image.fromarray(originals[i]).resize((s, s), Image.BILINEAR)
-                assert _corr(imgs[k, 0].numpy(), ref) > 0.95
+                assert corr(imgs[k, 0].numpy(), ref) > 0.95
 
 
 def test_differential_against_pil_eval(real):
@@ -303,5 +240,5 @@ def test_gpu_mixed_decode(synth, real):
     for ims, _, index in build_dali_loader(samples, AugmentSpec.for_eval(380), 4, dev, num_workers=2):
         for k, i in enumerate(index.tolist()):
             ref = Image.fromarray(originals[i]).resize((380, 380), Image.BILINEAR)
-            assert _corr(ims[k, 0].cpu().numpy(), ref) > 0.95
+            assert corr(ims[k, 0].cpu().numpy(), ref) > 0.95
 
