@@ -7,7 +7,11 @@ or a mismatch leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -23,6 +27,7 @@ TOLERANCE = 1e-4  # max |p_exported - p_pytorch| over a check batch
 METADATA_KEYS = ("labels", "img_size", "in_chans", "model", "folds", "tta", "input", "output", "preprocess",
                  "thresholds")
 ONNX_MAX_BYTES = 2**31 - 1  # protobuf's limit for a single-file model
+DYNAMO_MIN_OPSET = 18
 
 
 def _first_line(e: BaseException) -> str:
@@ -30,26 +35,61 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
 
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence file descriptor 1 (C++ code prints there, past sys.stdout) for the block."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _export_program(module: DeployEnsemble, example: torch.Tensor, opset: int | None):
+    """The ModelProto from torch.onnx: the dynamo exporter (the default, opset >= 18); the TorchScript-based one for
+    an older --opset, which the dynamo exporter cannot produce (its version converter fails on these graphs)."""
+    import onnx
+
+    with warnings.catch_warnings(), _quiet_stdout():  # the TorchScript-based exporter prints its graph on failure
+        warnings.simplefilter("ignore")
+        if opset is not None and opset < DYNAMO_MIN_OPSET:
+            buf = io.BytesIO()
+            torch.onnx.export(module, (example,), buf, input_names=["images"], output_names=["probs"],
+                              dynamic_axes={"images": {0: "batch"}, "probs": {0: "batch"}}, opset_version=opset,
+                              dynamo=False)
+            return onnx.load_model_from_string(buf.getvalue())
+        batch = torch.export.Dim("batch")
+        program = torch.onnx.export(module, (example,), None, input_names=["images"], output_names=["probs"],
+                                    dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True,
+                                    verbose=False)
+        return program.model_proto
+
+
 def _write_onnx(module: DeployEnsemble, example: torch.Tensor, path: Path, meta: dict, opset: int | None) -> None:
     import onnx
 
-    batch = torch.export.Dim("batch")
+    what = f"opset {opset}" if opset else "the default opset"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (example,), None, input_names=["images"], output_names=["probs"],
-                                        dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True,
-                                        verbose=False)
-        proto = program.model_proto
-    except Exception as e:  # noqa: BLE001 - the exporter's errors come in many types; say which model and opset
-        what = f"opset {opset}" if opset else "the default opset"
-        raise UserError(f"torch.onnx could not export model {module_name(module)} at {what} ({_first_line(e)}); "
+        proto = _export_program(module, example, opset)
+    except Exception as e:  # noqa: BLE001 - the exporters' errors come in many types; say which model and opset
+        raise UserError(f"torch.onnx could not export model {meta['model']} at {what} ({_first_line(e)}); "
                         "try another --opset or --format torchscript") from None
+    got = _opset(proto)
+    if opset is not None and got != opset:
+        raise UserError(f"--opset {opset}: torch.onnx produced opset {got} instead; try another --opset")
     onnx.helper.set_model_props(proto, meta)
     if proto.ByteSize() > ONNX_MAX_BYTES:
         raise UserError(f"the ensemble is {proto.ByteSize() / 2**30:.1f} GiB, above ONNX's 2 GiB single-file limit; "
                         "export fewer folds or use --format torchscript")
     onnx.save_model(proto, str(path))
+
+
+def _opset(proto) -> int | None:
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _write_torchscript(module: DeployEnsemble, example: torch.Tensor, path: Path, meta: dict) -> None:
@@ -58,14 +98,9 @@ def _write_torchscript(module: DeployEnsemble, example: torch.Tensor, path: Path
         try:
             traced = torch.jit.trace(module, example, check_trace=False)
         except Exception as e:  # noqa: BLE001
-            raise UserError(f"torch.jit.trace failed for model {module_name(module)} ({_first_line(e)}); "
+            raise UserError(f"torch.jit.trace failed for model {meta['model']} ({_first_line(e)}); "
                             "try --format onnx") from None
         torch.jit.save(traced, str(path), _extra_files=meta)
-
-
-def module_name(module: DeployEnsemble) -> str:
-    names = [type(getattr(m, "backbone", m)).__name__ for m in module.folds]
-    return ",".join(dict.fromkeys(names))
 
 
 def run_exported(fmt: str, path: str | Path, images: np.ndarray) -> np.ndarray:
@@ -141,8 +176,7 @@ def export(paths: list[str | Path], fmt: str, out: str | Path, *, tta: bool = Fa
 def _opset_of(path: Path) -> int | None:
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
-    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return _opset(onnx.load(str(path), load_external_data=False))
 
 
 def labels_of(meta: dict) -> list[str]:

@@ -15,7 +15,7 @@ def resize_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """A [0, 1] map (h, w) -> float32 (height, width) in [0, 1], bilinear."""
     cam = np.asarray(cam, dtype=np.float32)
     if cam.shape != (height, width):
-        cam = np.asarray(Image.fromarray(cam, mode="F").resize((width, height), resample=Image.BILINEAR))
+        cam = np.asarray(Image.fromarray(cam).resize((width, height), resample=Image.BILINEAR))
     return np.clip(cam, 0.0, 1.0).astype(np.float32)
 
 
@@ -39,7 +39,7 @@ def overlay(gray: np.ndarray, cam: np.ndarray, text: str, alpha: float = 0.45) -
     heat = matplotlib.colormaps["jet"](cam)[..., :3]  # (H, W, 3) float in [0, 1]
     base = (gray.astype(np.float32) / 255.0)[..., None]
     rgb = (1.0 - alpha) * base + alpha * heat
-    img = Image.fromarray(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+    img = Image.fromarray(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     font = _font(draw, text, img.height, img.width)
     pad = max(2, img.height // 100)
