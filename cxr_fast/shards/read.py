@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from cxr_fast.data.samples import SampleSet
 from cxr_fast.errors import UserError
 from cxr_fast.shards.format import FORMAT, MANIFEST, SAMPLES_COLUMNS, SAMPLES_CSV, VERSION
 from cxr_fast.shards.format import split_names as fmt_split_names
+
+if TYPE_CHECKING:
+    from cxr_fast.data.samples import SampleSet
 
 
 def load_manifest(root: str | Path) -> dict:
@@ -88,8 +91,10 @@ def read_samples(root: str | Path, label_names: list[str] | None = None) -> pd.D
     return df
 
 
-def sample_set(root: str | Path, manifest: dict, splits: list[str]):
+def sample_set(root: str | Path, manifest: dict, splits: list[str]) -> SampleSet:
     """`SampleSet` over `splits`: index and labels from samples.csv in shard order, the (tar, idx) list, image hint."""
+    from cxr_fast.data.samples import SampleSet  # imports torch: only for the readers, not for cxr-shard
+
     df = read_samples(root, manifest["labels"])
     shards, parts = [], []
     for split in splits:

@@ -100,6 +100,17 @@ class WorkDir:
     def save_tar(self, stem: str, split: str, rows: list[int], shard: dict) -> None:
         _dump(self.tars / f"{stem}.json", {"split": split, "rows": rows, "shard": shard})
 
+    def folds(self, ok_train: np.ndarray, make) -> tuple[np.ndarray, str | None]:
+        """`make()` = (fold per accepted row, method), computed once per arguments and accepted rows: a resumed run
+        reads the earlier run's folds instead of recomputing them (seconds at 100k rows)."""
+        path, rows = self.tars / "folds.json", hashlib.sha256(ok_train.astype("<i8").tobytes()).hexdigest()
+        old = _load(path)
+        if old is not None and old.get("rows_sha256") == rows and len(old.get("folds", [])) == len(ok_train):
+            return np.asarray(old["folds"], dtype=np.int64), old.get("method")
+        fold_of_ok, method = make()
+        _dump(path, {"rows_sha256": rows, "folds": [int(f) for f in fold_of_ok], "method": method})
+        return fold_of_ok, method
+
 
 @dataclass
 class Encoding:

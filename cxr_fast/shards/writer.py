@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_fast.atomic import atomic_path, sync_dir, write_bytes_atomic
-from cxr_fast.data.folds import make_folds, write_folds_csv
-from cxr_fast.data.table import file_sha256, list_test_images, read_table
+from cxr_fast.data.folds import make_folds
+from cxr_fast.data.table import list_test_images, read_table
 from cxr_fast.errors import UserError
 from cxr_fast.images.window import DEFAULT_MAX_PIXELS
 from cxr_fast.shards import format as fmt
@@ -31,6 +30,7 @@ from cxr_fast.shards import read as rd
 from cxr_fast.shards.assemble import Assembly, plan_shards
 from cxr_fast.shards.cpus import default_workers, worker_pool
 from cxr_fast.shards.encode import EncodeOptions
+from cxr_fast.shards.manifest import finish, remove_own_files
 from cxr_fast.shards.workdir import WorkDir, encode_pass
 
 _SHOWN = 5
@@ -135,9 +135,9 @@ def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, q
             resumed = wd.open()
             enc = encode_pass(paths, opts, wd, pool, progress, log)
             rejected, ok_train, ok_test = _accepted(inp, enc, len(paths), skip_bad, wd)
-            fold_of_ok, method = (make_folds(inp.labels[ok_train], split_args["folds"], split_args["seed"],
-                                             None if inp.groups is None else inp.groups[ok_train])
-                                  if n else (np.zeros(0, np.int64), None))
+            fold_of_ok, method = (wd.folds(ok_train, lambda: make_folds(
+                inp.labels[ok_train], split_args["folds"], split_args["seed"],
+                None if inp.groups is None else inp.groups[ok_train])) if n else (np.zeros(0, np.int64), None))
             out.mkdir(exist_ok=True)
             _clean(out, state, resumed, log)
             asm = Assembly(out, inp.label_names, inp.names, inp.labels, inp.test_names, enc, wd, image_format,
@@ -146,8 +146,8 @@ def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, q
                                                samples_per_shard))
         if asm.reused:
             log(f"reused {asm.reused} of {len(shards)} tars finished by the earlier run")
-        manifest = _finish(inp, out, asm, shards, split_args, method, args, rejected, ok_train, fold_of_ok, ok_test,
-                           enc)
+        manifest = finish(inp, out, asm, shards, split_args, method, args, rejected, ok_train, fold_of_ok, ok_test,
+                          enc)
     finally:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -203,58 +203,12 @@ def _clean(out: Path, state: str, resumed: bool, log) -> None:
     keeps those, and replaces or removes the rest."""
     shutil.rmtree(out / fmt.SPOOL_DIR, ignore_errors=True)  # the spool of an older cxr-shard, inside OUT
     if state == "incomplete" and resumed:
-        n = _remove_own_files(out, keep=lambda p: p.suffix in (".tar", ".idx"))
+        n = remove_own_files(out, keep=lambda p: p.suffix in (".tar", ".idx"))
         log(f"resuming an incomplete earlier run in {out}: removed {n} unfinished files; finished tars are "
             f"checked against the journal and kept")
     elif state in ("incomplete", "replace"):
         what = "an incomplete earlier run" if state == "incomplete" else "the old output"
-        log(f"removed {_remove_own_files(out)} files of {what} from {out}")
-
-
-def _finish(inp: _Inputs, out: Path, asm: Assembly, shards: list[dict], split_args: dict, method, args: dict,
-            rejected: list[dict], ok_train, fold_of_ok, ok_test, enc) -> dict:
-    """folds.csv, samples.csv, then (after removing stale tars and syncing) the manifest, last."""
-    n, n_folds = len(inp.names), split_args["folds"]
-    if n:
-        with atomic_path(out / fmt.FOLDS_CSV) as tmp:
-            write_folds_csv(tmp, [inp.names[j] for j in ok_train], fold_of_ok, split_args["image_col"])
-    asm.write_samples_csv()
-    listed = {s["tar"] for s in shards} | {s["idx"] for s in shards}
-    _remove_own_files(out, keep=lambda p: p.name in listed or p.name in (fmt.SAMPLES_CSV, fmt.FOLDS_CSV))
-    done = [r for r in enc.recs if r is not None]
-    manifest = {
-        "format": fmt.FORMAT, "version": fmt.VERSION, "labels": inp.label_names, "policies": inp.policies,
-        "image_col": split_args["image_col"], "group_col": split_args["group_col"], "folds": n_folds,
-        "seed": split_args["seed"], "split_method": method,
-        "image": {"format": args["format"], "mode": "L", "quality": args["quality"], "resize": args["resize"],
-                  "window": args["window"], "max_height": max(r.height for r in done),
-                  "max_width": max(r.width for r in done)},
-        "source": inp.source,
-        "totals": {"train_rows": n, "train_written": len(ok_train),
-                   "train_rejected": sum(r["split"] == "train" for r in rejected),
-                   "test_images": len(inp.test_names), "test_written": len(ok_test),
-                   "test_rejected": sum(r["split"] == "test" for r in rejected)},
-        "counts": _counts(inp, ok_train, fold_of_ok, ok_test, n_folds),
-        "shards": shards, "samples_csv": fmt.SAMPLES_CSV,
-        "samples_csv_sha256": file_sha256(out / fmt.SAMPLES_CSV), "rejected": rejected, "args": args,
-    }
-    sync_dir(out)  # every shard's rename is durable before the manifest says the output is complete
-    write_bytes_atomic(out / fmt.MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8") + b"\n")
-    sync_dir(out)
-    return manifest
-
-
-def _counts(inp: _Inputs, ok_train, fold_of_ok, ok_test, n_folds) -> dict:
-    counts = {}
-    for k in range(1, n_folds + 1):
-        lab = inp.labels[ok_train[fold_of_ok == k]]
-        counts[fmt.fold_split(k)] = {
-            "samples": len(lab),
-            "positives": {c: int((lab[:, j] == 1).sum()) for j, c in enumerate(inp.label_names)},
-            "unknown": {c: int(np.isnan(lab[:, j]).sum()) for j, c in enumerate(inp.label_names)},
-        }
-    counts[fmt.TEST_SPLIT] = {"samples": len(ok_test)}
-    return counts
+        log(f"removed {remove_own_files(out)} files of {what} from {out}")
 
 
 def _check_flags(resize, image_format, quality, samples_per_shard, workers, window, max_pixels) -> None:
@@ -304,17 +258,3 @@ def _existing_state(out: Path, args: dict, overwrite: bool) -> tuple[str, dict |
                 raise UserError(f"{p}: missing or of the wrong size although {out / fmt.MANIFEST} matches these "
                                 f"arguments; pass --overwrite to rebuild")
     return "uptodate", old
-
-
-def _remove_own_files(out: Path, keep: Callable[[Path], bool] = lambda p: False) -> int:
-    """Delete what cxr-shard wrote in `out` (but what `keep` names), the manifest first (a crash here leaves an
-    incomplete output)."""
-    n = 0
-    if (out / fmt.MANIFEST).exists():
-        (out / fmt.MANIFEST).unlink()
-        n += 1
-    for p in sorted(out.iterdir()):
-        if fmt.is_own(p.name) and p.is_file() and not (fmt.OWN_FILE.match(p.name) and keep(p)):
-            p.unlink()
-            n += 1
-    return n
