@@ -8,7 +8,6 @@ Rows, each timed over `--calls` back-to-back calls per repeat, median (min, max)
 - `lerp`: `torch._foreach_lerp_(ema_floats, model_floats, w)` alone, the floor (no integer buffers, no bookkeeping);
 - `update`: `ModelEma.update(model, step)` (cached tensor pairs: one lerp plus one `_foreach_copy_` of the
   integer buffers);
-- `update_gated`: the same with the training step's device-side skip flag (`apply=`);
 - `update_state_dict`: the previous implementation, which rebuilt both state dicts on every update (reference).
 
 Host time is the time the calls take to return (on CUDA: to enqueue, after a synchronize before the clock starts);
@@ -85,11 +84,9 @@ def run(args: argparse.Namespace) -> dict:
     ema = ModelEma(model, decay=0.999)
     ema.update(model, 10**6)  # collects the cached pairs
     pairs = ema._pairs
-    flag = torch.ones((), dtype=torch.bool, device=device)
     rows = {
         "lerp": lambda: torch._foreach_lerp_(pairs.ema_f, pairs.model_f, 0.001),
         "update": lambda: ema.update(model, 10**6),
-        "update_gated": lambda: ema.update(model, 10**6, apply=flag),
         "update_state_dict": lambda: _state_dict_update(ema, model, 10**6),
     }
     with torch.no_grad():

@@ -99,26 +99,22 @@ class ModelEma(nn.Module):
         self._pairs = None
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int | None = None, *, apply: torch.Tensor | None = None) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
         """ema = decay * ema + (1 - decay) * model over float parameters and buffers; other buffers copied.
 
-        `apply`: an optional 0-dim bool tensor on the model's device; where it is False the float state is left exactly
-        as it was, decided on the device without a host sync (the training step's skip flag). Integer buffers are
-        copied either way.
+        No host sync: the decay is a Python number. (A device-side skip flag cannot gate the lerp without one:
+        `_foreach_lerp_` has no tensor-weight overload, and torch turns a 0-dim tensor weight into a number with
+        `.item()`. The training step therefore updates the EMA after a step the optimiser skipped on the device, as
+        timm does after a GradScaler-skipped step: the model did not move, so the EMA only moves further toward it.)
         """
         bare = unwrap(model)
         pairs = self._pairs
         if pairs is None or pairs.model is not bare:
             pairs = self._pairs = _Pairs(self.module, bare)
-        weight = 1.0 - self.get_decay(step)
         model_f = pairs.model_f
         if pairs.convert:
             model_f = [m.to(device=e.device, dtype=e.dtype) for e, m in zip(pairs.ema_f, model_f, strict=True)]
         if model_f:
-            if apply is not None:  # weight 0 leaves each tensor bit-identical (a skipped step left the model finite)
-                weight = torch.where(apply, weight, 0.0).to(device=pairs.ema_f[0].device, dtype=torch.float32)
-            torch._foreach_lerp_(pairs.ema_f, model_f, weight)
+            torch._foreach_lerp_(pairs.ema_f, model_f, 1.0 - self.get_decay(step))
         if pairs.ema_i:
-            # copied even on a skipped step: the live counters moved in its forward pass, and copying them is what
-            # the next applied update would do anyway
             torch._foreach_copy_(pairs.ema_i, pairs.model_i)

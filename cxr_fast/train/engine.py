@@ -91,9 +91,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     data_wait_s, skipped_steps, overflow_steps, step (global step after the epoch), refiner_sparsity, refiner_l1
     (None without a refiner).
 
-    A step with a non-finite loss (or, without a grad scaler, non-finite gradients) is skipped: no optimiser, prox
-    or EMA update. More than `max_bad_steps` such steps in a row raise TrainingDiverged: at once with an optimiser
-    that cannot skip on the device, else at the next of the checks every `check_every` steps (see
+    A step with a non-finite loss (or, without a grad scaler, non-finite gradients) is skipped: no optimiser or prox
+    update (the EMA is still updated, toward the unmoved model, where the skip is decided on the device). More than
+    `max_bad_steps` such steps in a row raise TrainingDiverged: at once with an optimiser that cannot skip on the
+    device, else at the next of the checks every `check_every` steps (see
     `cxr_fast.train.step`; the progress bar's loss is refreshed at the same checks). Under fp16 a gradient overflow
     with a finite loss is the GradScaler's business: counted in overflow_steps, not as a bad step. The LR schedule
     and the global step advance on every iteration, so the LR is a function of the iteration alone (identical on

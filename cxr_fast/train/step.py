@@ -2,9 +2,10 @@
 step, the optimiser step, the refiner's L1 prox and the EMA update; and the epoch's step counts kept on the device.
 
 A step is *bad* when its loss is non-finite (or, without a grad scaler, its gradient norm is): it is skipped (no
-optimiser, prox or EMA update) and counted; more than `max_bad_steps` bad steps in a row raise TrainingDiverged.
-Under fp16 a gradient overflow with a finite loss is the GradScaler's business (the step is skipped and the scale
-lowered): an *overflow* step, not a bad one.
+optimiser or prox update) and counted; more than `max_bad_steps` bad steps in a row raise TrainingDiverged. Under
+fp16 a gradient overflow with a finite loss is the GradScaler's business (the step is skipped and the scale
+lowered): an *overflow* step, not a bad one. The EMA is updated after a skipped step only on the device path (see
+`ModelEma.update`: it cannot be gated without a sync), toward a model that did not move.
 
 Where the optimiser can skip a step on the device (the fused AdamW/Adam/SGD kernels take a `found_inf` flag, as the
 GradScaler uses them), the skip is decided on the device and the host reads the counts only every `check_every`
@@ -152,8 +153,9 @@ class TrainStep:
 
     @torch.no_grad()
     def _after_update(self, step: int, ok: torch.Tensor | None) -> None:
-        """The L1 prox on A and the EMA update after an optimiser step; `ok` (device bool) gates both on the device:
-        where it is False, A and the EMA's float state are left exactly as they were."""
+        """The L1 prox on A and the EMA update after an optimiser step. `ok` (device bool, device path) gates the
+        prox on the device; the EMA is updated either way (no sync-free way to gate it), toward a model that a
+        skipped step left where it was."""
         refiner = self.refiner
         if refiner is not None and self.refiner_l1 > 0:
             kept = None if ok is None else refiner.A.detach().clone()  # C x C: cheap
@@ -161,9 +163,8 @@ class TrainStep:
             if kept is not None:  # (the threshold is NaN after a skipped first step: discarded with the rest)
                 refiner.A.copy_(torch.where(ok, refiner.A, kept))
         if self.ema is not None:
-            self.ema.update(self.model, step, apply=ok)
+            self.ema.update(self.model, step)  # after a skipped step too (device path): see ModelEma.update
             if refiner is not None:
                 # The averaged A keeps the live A's support: an average over a moving sparsity pattern is dense
                 # (tiny leftovers everywhere), and the checkpoint stores the EMA's A.
-                keep = refiner.A != 0 if ok is None else (refiner.A != 0) | ~ok
-                unwrap(self.ema.module).refiner.A.mul_(keep)
+                unwrap(self.ema.module).refiner.A.mul_(refiner.A != 0)

@@ -71,6 +71,7 @@ def test_device_path_skips_non_finite_steps_and_syncs_only_at_checks(grad, monke
     assert stats["skipped_steps"] == 5 and stats["overflow_steps"] == 0 and math.isnan(stats["loss"])
     assert stats["step"] == 10
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # no step, no prox
+    # updated toward a model that did not move and that it equals: unchanged (see ModelEma.update)
     assert all(torch.equal(v, before[k]) for k, v in ema.module.state_dict().items())
     assert all(float(s["step"]) == 0 for s in opt.state.values())  # the optimiser's own step count did not move
     assert opt.param_groups[0]["lr"] < 1e-2  # the schedule still advances
@@ -119,3 +120,39 @@ def test_fp16_overflow_is_counted_apart_and_lowers_the_scale(fused):
     assert math.isfinite(stats["loss"])
     assert amp.scaler.get_scale() == 2.0**8  # backed off twice
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["auto", "fp16"])
+def test_device_path_step_never_syncs_on_cuda(dtype):
+    """The whole step (loss, clipping, skip decision, fused AdamW, scaler, prox, EMA, counts) queues without a
+    CPU-GPU sync: torch's sync debug mode turns any sync into an error."""
+    from cxr_fast.model.losses import build_loss
+    from cxr_fast.train.speed import model_memory_format, use_channels_last
+    from cxr_fast.train.step import TrainStep
+
+    dev = torch.device("cuda")
+    model = toy_model(blind=()).to(dev)
+    use_channels_last(model, dev)
+    images, labels = toy_data(n=48)
+    images, labels = images.to(dev), labels.to(dev)
+    labels[0, 2] = float("nan")
+    opt = build_optimizer(model, 1e-3, 1e-4)
+    assert opt.defaults["fused"]
+    amp = Amp(dev, enabled=True, dtype=dtype)
+    step = TrainStep(model, build_loss("asl", labels.cpu().numpy()).to(dev), opt, amp, ema=ModelEma(model),
+                     refiner_l1=1e-3, clip_grad=1.0, in_chans=1, memory_format=model_memory_format(model),
+                     max_bad_steps=20, device=dev)
+    assert step.on_device
+    for i in range(2):  # warm-up: lazy optimiser state, cuDNN plans
+        step(images[8 * i:8 * i + 8], labels[8 * i:8 * i + 8], i)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(2, 6):
+            step(images[8 * i:8 * i + 8], labels[8 * i:8 * i + 8], i)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    vals = step.tally.read()
+    assert vals[step.tally.GOOD] + vals[step.tally.SKIPPED] == 6
