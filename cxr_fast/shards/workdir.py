@@ -103,7 +103,8 @@ class WorkDir:
     def folds(self, ok_train: np.ndarray, make) -> tuple[np.ndarray, str | None]:
         """`make()` = (fold per accepted row, method), computed once per arguments and accepted rows: a resumed run
         reads the earlier run's folds instead of recomputing them (seconds at 100k rows)."""
-        path, rows = self.tars / "folds.json", hashlib.sha256(ok_train.astype("<i8").tobytes()).hexdigest()
+        rows = hashlib.sha256(ok_train.astype("<i8").tobytes()).hexdigest()
+        path = self.tars / f"folds-{rows[:16]}.json"
         old = _load(path)
         if old is not None and old.get("rows_sha256") == rows and len(old.get("folds", [])) == len(ok_train):
             return np.asarray(old["folds"], dtype=np.int64), old.get("method")

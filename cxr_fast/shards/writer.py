@@ -133,11 +133,19 @@ def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, q
         out.parent.mkdir(parents=True, exist_ok=True)
         with worker_pool(workers) as pool:
             resumed = wd.open()
+
+            def folds_of(rows: np.ndarray):
+                if not n:
+                    return np.zeros(0, np.int64), None
+                return wd.folds(rows, lambda: make_folds(inp.labels[rows], split_args["folds"], split_args["seed"],
+                                                         None if inp.groups is None else inp.groups[rows]))
+
+            # The folds of every row (what a build without unreadable images uses) before the long pass, while the
+            # workers start: journaled, so a rerun after a kill does not compute them again.
+            folds_of(np.arange(n, dtype=np.int64))
             enc = encode_pass(paths, opts, wd, pool, progress, log)
             rejected, ok_train, ok_test = _accepted(inp, enc, len(paths), skip_bad, wd)
-            fold_of_ok, method = (wd.folds(ok_train, lambda: make_folds(
-                inp.labels[ok_train], split_args["folds"], split_args["seed"],
-                None if inp.groups is None else inp.groups[ok_train])) if n else (np.zeros(0, np.int64), None))
+            fold_of_ok, method = folds_of(ok_train)
             out.mkdir(exist_ok=True)
             _clean(out, state, resumed, log)
             asm = Assembly(out, inp.label_names, inp.names, inp.labels, inp.test_names, enc, wd, image_format,
