@@ -59,7 +59,7 @@ def _stage(name: str, spec: dict, report: Path) -> None:
     elif name == "shard":
         shard_main(spec["argv"])
     elif name == "verify":
-        problems, summary = verify_shards(spec["out"], progress=True)
+        problems, _summary = verify_shards(spec["out"], progress=True)
         extra = {"problems": len(problems)}
     else:
         train_main(spec["argv"])
@@ -91,9 +91,8 @@ def run_stage(name: str, spec: dict, logs: Path, kill_when=None) -> dict:
 
 def make_dataset(root: Path, rows: int, size: int, seed: int = 0) -> dict:
     """`rows` CSV rows (NIH-like: ~3.9 images per patient, 7 labels) whose images are links to KINDS files."""
-    from PIL import Image
-
     import pandas as pd
+    from PIL import Image
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -122,8 +121,8 @@ def make_dataset(root: Path, rows: int, size: int, seed: int = 0) -> dict:
     return {"seconds": time.perf_counter() - t0, "rows": rows, "distinct_images": KINDS, "source_px": size}
 
 
-def _shard_argv(data: Path, out: Path, args) -> list[str]:
-    argv = ["--train_csv", str(data / "train.csv"), "--train_dir", str(data / "train"), "--out", str(out),
+def _shard_argv(data: Path, out: Path, args, csv: str = "train.csv") -> list[str]:
+    argv = ["--train_csv", str(data / csv), "--train_dir", str(data / "train"), "--out", str(out),
             "--group_col", "Patient ID", "--folds", str(FOLDS), "--resize", str(args.resize), "--progress"]
     return argv + (["--workers", str(args.workers)] if args.workers else [])
 
@@ -137,9 +136,18 @@ def _tree_hash(out: Path) -> str:
 
 def shard_stages(data: Path, work: Path, logs: Path, args) -> dict:
     """Fresh build; then a build killed once ~`kill_at` of its spool chunks are journaled, and its resumed rerun."""
+    import pandas as pd
+
     from cxr_fast.shards.format import work_dir
 
-    res = {"fresh": run_stage("shard", {"argv": _shard_argv(data, work / "fresh", args), "tag": "shard-fresh"}, logs)}
+    small = max(FOLDS * 40, args.rows // 10)  # the same build at a tenth of the rows: memory growth per row
+    pd.read_csv(data / "train.csv").iloc[:small].to_csv(data / "small.csv", index=False)
+    res = {"small": run_stage("shard", {"argv": _shard_argv(data, work / "small", args, "small.csv"),
+                                        "tag": "shard-small"}, logs), "small_rows": small}
+    res["fresh"] = run_stage("shard", {"argv": _shard_argv(data, work / "fresh", args), "tag": "shard-fresh"}, logs)
+    if args.rows > small and "rss_mb" in res["small"] and "rss_mb" in res["fresh"]:
+        res["fresh"]["growth_bytes_per_row"] = ((res["fresh"]["rss_mb"] - res["small"]["rss_mb"]) * 2**20
+                                                / (args.rows - small))
     res["fresh"]["progress_lines"] = sum(" img, " in line or " shard, " in line
                                          for line in (logs / "shard-fresh.err").read_text().splitlines())
     out = work / "killed"
@@ -189,22 +197,26 @@ def write_results(res: dict, prefix: Path) -> None:
     write_json_atomic(prefix.with_suffix(".json"), res)
     rows = res["rows"]
     lines = [f"# Scale benchmark: {rows:,} rows ({res['machine']})", "",
-             f"{res['data']['distinct_images']} distinct {res['data']['source_px']} px images hard-linked under "
+             (f"{res['data']['distinct_images']} distinct {res['data']['source_px']} px images hard-linked under "
              f"{rows:,} names; {FOLDS} patient-grouped folds; shards at --resize {res['resize']}; "
-             f"{res['workers']} encode workers; tiny model `{res['model']}` at 64 px, one epoch of fold 1.", "",
-             "| stage | seconds | peak RSS MB (process / largest child) | per-row growth of the main process |",
+             f"{res['workers']} encode workers; tiny model `{res['model']}` at 64 px, one epoch of fold 1."), "",
+             "| stage | seconds | peak RSS MB (process / largest child) | MB after imports |",
              "|---|---:|---:|---:|"]
     for name, r in res["stages"].items():
         if "seconds" not in r:
             continue
-        grow = (f"{(r['rss_mb'] - r['rss_base_mb']) * 2**20 / rows:.0f} B/row" if "rss_base_mb" in r else "-")
-        lines.append(f"| {name} | {r['seconds']:.1f}{' (failed)' if 'failed' in r else ''} | {_mb(r)} | {grow} |")
+        base = f"{r['rss_base_mb']:.0f}" if "rss_base_mb" in r else "-"
+        lines.append(f"| {name} | {r['seconds']:.1f}{' (failed)' if 'failed' in r else ''} | {_mb(r)} | {base} |")
+    fresh = res["stages"].get("shard (fresh build)", {})
+    if "growth_bytes_per_row" in fresh:
+        lines += ["", (f"cxr-shard's peak memory grows by {fresh['growth_bytes_per_row']:.0f} bytes per row between the "
+                      f"tenth-size and the full build (per-sample metadata: names, labels, spool records, plan).")]
     resume = res["stages"].get("shard resume (after kill)", {})
     if "ratio_to_fresh" in resume:
-        lines += ["", f"Resume after SIGKILL at {res['kill_at']:.0%} of the encode chunks "
+        lines += ["", (f"Resume after SIGKILL at {res['kill_at']:.0%} of the encode chunks "
                       f"({resume['chunks_done_at_kill']} chunks journaled): rerun {resume['seconds']:.1f} s = "
                       f"{resume['ratio_to_fresh']:.0%} of a fresh build; output byte-identical to the fresh build: "
-                      f"{resume['identical_to_fresh']}. Rerun said: `{resume['log']}`"]
+                      f"{resume['identical_to_fresh']}. Rerun said: `{resume['log']}`")]
     write_text_atomic(prefix.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
@@ -235,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     st = res["stages"]
     st["folds (read CSV + 5 grouped folds)"] = run_stage("folds", {"csv": str(data / "train.csv")}, logs)
     sh = shard_stages(data, work, logs, args)
+    st[f"shard (fresh build, first {sh['small_rows']:,} rows)"] = sh["small"]
     st["shard (fresh build)"] = sh["fresh"]
     st["shard resume (after kill)"] = sh["resume"]
     st["verify"] = run_stage("verify", {"out": str(work / "fresh")}, logs)

@@ -1,0 +1,25 @@
+"""The scale benchmark's smoke run (a few hundred rows): it cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_scale_benchmark_smoke(tmp_path):
+    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    res = scale.main(["--rows", "400", "--pipelines", "pil", "--workdir", str(tmp_path / "w"), "--results",
+                      str(tmp_path / "scale"), "--workers", "2", "--batch_size", "32"])
+    st = res["stages"]
+    for name in ("folds (read CSV + 5 grouped folds)", "shard (fresh build)", "verify", "train 1 epoch (pil)"):
+        assert "failed" not in st[name] and st[name]["seconds"] > 0 and st[name]["rss_mb"] > 0, (name, st[name])
+    assert st["verify"]["problems"] == 0
+    resume = st["shard resume (after kill)"]
+    assert "note" in resume or (resume["identical_to_fresh"] and resume["ratio_to_fresh"] > 0)
+    assert json.loads((tmp_path / "scale.json").read_text())["rows"] == 400
+    assert "| shard (fresh build) |" in (tmp_path / "scale.md").read_text()
