@@ -149,3 +149,14 @@ def test_bad_inputs(run_dir, test_images, tmp_path, capsys):
     (bad / "a.png").write_bytes((test_images / "img 0.png").read_bytes())
     (bad / "b.png").write_bytes(b"\x89PNG not really")
     _fails(capsys, ["--checkpoint", ckpt, "--images", str(bad), "--out", str(out)], out, "b.png")
+
+
+def test_dicom_input(run_dir, tmp_path):
+    """DICOM goes through the training reader; the map has the DICOM's own size."""
+    pytest.importorskip("pydicom")
+    dcm = Path(__file__).parents[1] / "data" / "Fake_MONOHR1.dcm"
+    out = tmp_path / "dcm"
+    assert explain_cli.main(["--checkpoint", str(run_dir / "test_resnet_fold1.pth"), "--images", str(dcm),
+                             "--labels", "No Finding", "--out", str(out), "--device", "cpu"]) == 0
+    cam = np.load(out / "Fake_MONOHR1_No_Finding.npy")
+    assert cam.shape == (1024, 1024) and 0.0 <= cam.min() and cam.max() <= 1.0

@@ -71,6 +71,18 @@ def test_export_matches_predict(exported, run_dir, test_images, tmp_path, fmt, t
     assert one.shape == (1, len(LABELS)) and np.abs(one[0] - want[0]).max() < 1e-4
 
 
+def test_three_channel_network(tmp_path, test_images):
+    """An in_chans=3 checkpoint: the grey input is expanded and ImageNet-RGB normalised inside the graph."""
+    run = tmp_path / "rgb"
+    make_checkpoint(run / "test_resnet_fold1.pth", seed=5, in_chans=3)
+    out = tmp_path / "rgb.pt"
+    assert export_cli.main(["--checkpoints", str(run / "*.pth"), "--format", "torchscript", "--out", str(out)]) == 0
+    df = _predict(run, test_images, tmp_path / "pred.csv", tta=False)
+    got = run_exported("torchscript", out, _batch(test_images, df["Image_name"]))
+    assert np.abs(got - df[LABELS].to_numpy()).max() < 1e-4
+    assert read_metadata("torchscript", out)["in_chans"] == "3"
+
+
 def test_tta_changes_the_numbers(exported, run_dir, test_images):
     x = _batch(test_images, ["img 0.png", "img 2.png"])
     assert np.abs(run_exported("onnx", exported["onnx", True], x)
