@@ -69,7 +69,7 @@ def _export_program(module: DeployEnsemble, example: torch.Tensor, opset: int | 
         return program.model_proto
 
 
-def _write_onnx(module: DeployEnsemble, example: torch.Tensor, path: Path, meta: dict, opset: int | None) -> None:
+def _write_onnx(module: DeployEnsemble, example: torch.Tensor, path: Path, meta: dict, opset: int | None) -> int:
     import onnx
 
     what = f"opset {opset}" if opset else "the default opset"
@@ -86,6 +86,7 @@ def _write_onnx(module: DeployEnsemble, example: torch.Tensor, path: Path, meta:
         raise UserError(f"the ensemble is {proto.ByteSize() / 2**30:.1f} GiB, above ONNX's 2 GiB single-file limit; "
                         "export fewer folds or use --format torchscript")
     onnx.save_model(proto, str(path))
+    return got
 
 
 def _opset(proto) -> int | None:
@@ -164,19 +165,14 @@ def export(paths: list[str | Path], fmt: str, out: str | Path, *, tta: bool = Fa
     g = torch.Generator().manual_seed(seed)
     example = torch.randint(0, 256, (2, chans, size, size), dtype=torch.uint8, generator=g)
     images = torch.randint(0, 256, (check_batch, chans, size, size), dtype=torch.uint8, generator=g).numpy()
+    written_opset = None
     with atomic_path(out) as tmp:
         if fmt == "onnx":
-            _write_onnx(module, example, tmp, meta, opset)
+            written_opset = _write_onnx(module, example, tmp, meta, opset)
         else:
             _write_torchscript(module, example, tmp, meta)
         diff = check_exported(fmt, tmp, module, images, str(out))
-    return {"path": str(out), "metadata": meta, "max_abs_diff": diff, "opset": _opset_of(out) if fmt == "onnx" else None}
-
-
-def _opset_of(path: Path) -> int | None:
-    import onnx
-
-    return _opset(onnx.load(str(path), load_external_data=False))
+    return {"path": str(out), "metadata": meta, "max_abs_diff": diff, "opset": written_opset}
 
 
 def labels_of(meta: dict) -> list[str]:
