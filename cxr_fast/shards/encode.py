@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -100,7 +101,9 @@ def encode_chunk(task: tuple[int, list[tuple[int, str]], str, EncodeOptions]):
     chunk_id, items, spool_path, opts = task
     out = []
     h, pos = hashlib.sha256(), 0
-    with open(spool_path, "wb") as f:
+    # a private name, renamed when complete: an encoder orphaned by a killed run cannot write into this run's chunk
+    tmp = f"{spool_path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
         for job, path in items:
             try:
                 arr, info = read_gray8(path, window=opts.window, max_pixels=opts.max_pixels)
@@ -116,4 +119,5 @@ def encode_chunk(task: tuple[int, list[tuple[int, str]], str, EncodeOptions]):
             f.write(data)
             h.update(data)
             pos += len(data)
+    os.replace(tmp, spool_path)
     return chunk_id, out, pos, h.hexdigest()
