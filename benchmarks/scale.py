@@ -211,12 +211,21 @@ def write_results(res: dict, prefix: Path) -> None:
     if "growth_bytes_per_row" in fresh:
         lines += ["", (f"cxr-shard's peak memory grows by {fresh['growth_bytes_per_row']:.0f} bytes per row between the "
                       f"tenth-size and the full build (per-sample metadata: names, labels, spool records, plan).")]
+    for name, r in res["stages"].items():
+        ep = r.get("epoch")
+        if ep and "train_s" in ep:
+            other = r["seconds"] - ep["train_s"] - ep.get("val_s", 0)
+            lines += ["", (f"{name}: training {ep['train_s']:.1f} s ({ep.get('img_per_s', 0):.0f} img/s, data wait "
+                          f"{ep.get('data_wait_s', 0):.1f} s), validation {ep.get('val_s', 0):.1f} s, everything else "
+                          f"(start-up, pipeline build, index reading, OOF and outputs) {other:.1f} s.")]
     resume = res["stages"].get("shard resume (after kill)", {})
     if "ratio_to_fresh" in resume:
         lines += ["", (f"Resume after SIGKILL at {res['kill_at']:.0%} of the encode chunks "
                       f"({resume['chunks_done_at_kill']} chunks journaled): rerun {resume['seconds']:.1f} s = "
                       f"{resume['ratio_to_fresh']:.0%} of a fresh build; output byte-identical to the fresh build: "
                       f"{resume['identical_to_fresh']}. Rerun said: `{resume['log']}`")]
+    if res.get("note"):
+        lines += ["", res["note"]]
     write_text_atomic(prefix.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
