@@ -83,7 +83,7 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _crop(encoded, spec: AugmentSpec, decode_kw: dict, decode: str, seed: int):
+def decode_crop(encoded, spec: AugmentSpec, decode_kw: dict, decode: str, seed: int):
     """The random-area crop window of the image, (h, w, 1): decoded alone ("crop") or cut from the whole ("full").
     Same rule, same seed: the same window either way."""
     from nvidia.dali import fn
@@ -106,7 +106,7 @@ def _train_images(encoded, spec: AugmentSpec, decode_kw: dict, fused_warp: bool,
     from nvidia.dali import fn, types
 
     s = float(spec.img_size)
-    img = _crop(encoded, spec, decode_kw, decode, seed(_CROP))
+    img = decode_crop(encoded, spec, decode_kw, decode, seed(_CROP))
     if not fused_warp:
         img = fn.resize(img, resize_x=s, resize_y=s, interp_type=types.INTERP_LINEAR, antialias=True)
     if fused_warp or spec.rotate_deg > 0 or spec.flip_p > 0:

@@ -1,0 +1,78 @@
+"""cxr-doctor without a GPU (the mode CI runs): CPU checks pass, GPU checks are listed as skipped, exit 0, a JSON
+report; and the machinery a GPU relies on: a probe that dies by a signal becomes a failing row with advice."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+import pytest
+import torch
+
+from cxr_fast.cli import doctor as doctor_cli
+from cxr_fast.doctor import Row, decode, run
+
+needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU mode")
+
+
+@needs_no_gpu
+def test_doctor_cpu_mode_runs_and_passes(tmp_path, capsys):
+    pytest.importorskip("nvidia.dali")
+    out = tmp_path / "doctor.json"
+    t = time.perf_counter()
+    assert doctor_cli.main(["--out", str(out)]) == 0
+    assert time.perf_counter() - t < 40
+    rep = json.loads(out.read_text())
+    rows = {r["name"]: r for r in rep["rows"]}
+    assert rep["ok"] and rep["machine"]["cuda"] is False
+    for name in ("torch", "DALI", "DALI CPU decode, crop", "DALI CPU decode, full", "training step"):
+        assert rows[name]["status"] == "pass", rows[name]
+    for name in ("CUDA", "NCCL", "DALI mixed decode, crop", "DALI mixed decode, full", "hardware JPEG decoder",
+                 "pinned host-to-device copy"):
+        assert rows[name]["status"] == "skip" and name in rep["skipped"]
+    rates = [r for r in rep["rows"] if r["name"].startswith("loader ")]
+    assert {r["name"].split()[1] for r in rates} == {"dali-cpu", "pil-shards"}
+    assert all(r["status"] == "info" and r["data"]["img_per_s"] > 0 for r in rates)  # rates, no verdict
+    text = capsys.readouterr().out
+    assert "skipped: CUDA" in text and "SKIP  DALI mixed decode, crop" in text
+
+
+def test_crashing_probe_is_a_failing_row_with_advice(monkeypatch):
+    """The decode probe killed by SIGSEGV (nvImageCodec#55 on H100): reported, with the way out, not inherited."""
+    monkeypatch.setattr(decode, "_probe_cmd", lambda args: [sys.executable, "-c",
+                                                            "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"])
+    res, why = decode.run_probe("decode", "--device", "gpu", "--decode", "crop")
+    assert res is None and why == f"crashed ({signal.SIGSEGV.name})"
+    rows = decode.decode_rows(cuda=True, have_dali=True)
+    crop = next(r for r in rows if r.name == "DALI mixed decode, crop")
+    assert crop.status == "fail" and "crashed (SIGSEGV)" in crop.detail
+    assert "ROI decode crashes with nvImageCodec" in crop.advice and "--dali_decode full" in crop.advice
+    full = next(r for r in rows if r.name == "DALI mixed decode, full")
+    assert full.status == "fail" and "--pipeline pil" in full.advice
+
+
+def test_probe_error_exit_is_reported(monkeypatch):
+    monkeypatch.setattr(decode, "_probe_cmd", lambda args: [sys.executable, "-c", "raise RuntimeError('boom')"])
+    res, why = decode.run_probe("hw")
+    assert res is None and why.startswith("exit code 1") and "RuntimeError: boom" in why
+
+
+def test_exit_code_table_and_guard():
+    rows = [Row("a", "pass", "ok"), Row("b", "skip", "no CUDA"), Row("c", "info", "1 img/s")]
+    assert run.exit_code(rows) == 0
+    bad = run.guarded("d", lambda: 1 / 0)
+    assert bad[0].status == "fail" and "ZeroDivisionError" in bad[0].detail
+    assert run.exit_code(rows + bad) == 1
+    rows.append(Row("e", "fail", "slow", "do this"))
+    text = run.table(rows)
+    assert "FAIL  e  slow" in text and "-> do this" in text
+    with pytest.raises(ValueError):
+        Row("x", "warn", "")
+
+
+def test_bad_seconds_is_a_user_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        doctor_cli.main(["--seconds", "0"])
+    assert e.value.code == 2 and "--seconds must be positive" in capsys.readouterr().err
