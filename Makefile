@@ -7,12 +7,12 @@ PY     := $(VENV)/bin/python
 DEMO   ?= demo
 ARGS   ?=
 
-.PHONY: demo test test-all bench install lint clean
+.PHONY: demo test test-all bench install lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,dicom]'
+	$(PY) -m pip install -q -e '.[dev,dicom,deploy,yaml]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -43,6 +43,10 @@ test-all: install
 
 bench: install
 	$(PY) benchmarks/throughput.py $(ARGS)
+
+# on a CUDA machine: cxr-doctor + the GPU tests + GPU benchmark rows, one table (rows without CUDA: 'not measured here')
+gpu-check:
+	python3 tools/gpu_check.py
 
 lint: install
 	$(VENV)/bin/ruff check cxr_fast tests benchmarks tools

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from cxr_fast.data.augment import AugmentSpec
-from cxr_fast.data.samples import SampleSet
+from cxr_fast.data.samples import Batch, Loader, SampleSet
 
 LOADER_ROWS = ("pil-files", "pil-shards", "dali-cpu", "dali-cpu-exact", "dali-gpu", "decode-ceiling")
 TRAIN_ROWS = ("pil-files", "pil-shards", "dali-cpu", "dali-gpu")  # run end to end (dali-cpu-exact: loader only)
@@ -36,7 +36,7 @@ class _OriginalDataset(Dataset):
         return self.transform(img), torch.from_numpy(self.labels[i]), int(self.index[i])
 
 
-class OriginalLoader:
+class OriginalLoader(Loader):
     """The original project's loader: (float32 (B,3,S,S) normalised, labels, index) on `device`."""
 
     def __init__(self, samples: SampleSet, img_size: int, batch_size: int, device, workers: int, seed: int = 0):
@@ -60,8 +60,8 @@ class OriginalLoader:
     def __iter__(self):
         nb = self.device.type == "cuda"
         for images, labels, index in self.loader:
-            yield images.to(self.device, non_blocking=nb), labels.to(self.device, non_blocking=nb), index.to(
-                self.device, non_blocking=nb)
+            yield Batch(images.to(self.device, non_blocking=nb), labels.to(self.device, non_blocking=nb),
+                        index.to(self.device, non_blocking=nb))
 
 
 class DecodeCeiling:
@@ -97,7 +97,7 @@ class DecodeCeiling:
             yield (images,)
 
 
-class ToDevice:
+class ToDevice(Loader):
     """Moves a CPU loader's batches to `device` (dali-cpu feeding a GPU model)."""
 
     def __init__(self, loader, device: torch.device):
@@ -111,13 +111,13 @@ class ToDevice:
 
     def __iter__(self):
         for batch in self.loader:
-            yield tuple(t.to(self.device, non_blocking=True) for t in batch)
+            yield Batch(*(t.to(self.device, non_blocking=True) for t in batch))
 
 
-class FixedBatches:
+class FixedBatches(Loader):
     """`n` copies of one batch already on the device: the training step with no input pipeline at all."""
 
-    def __init__(self, batch: tuple, n: int):
+    def __init__(self, batch: Batch, n: int):
         self.batch, self.n, self.num_samples = batch, n, n * batch[0].shape[0]
 
     def __len__(self) -> int:

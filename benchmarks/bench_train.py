@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from cxr_fast.model import CXRClassifier, LabelGraphRefiner
-from cxr_fast.model.backbone import create_backbone
+from cxr_fast.data.samples import Batch
+from cxr_fast.model import build_model
 from cxr_fast.model.ema import ModelEma
 from cxr_fast.model.losses import build_loss
 from cxr_fast.train.amp import Amp
+from cxr_fast.train.config import TrainConfig
 from cxr_fast.train.engine import build_optimizer, build_scheduler, train_one_epoch
 
 DEFAULT_MODEL = {"cuda": "tf_efficientnet_b4_ns", "cpu": "resnet18"}
@@ -25,8 +26,7 @@ class TrainStep:
     def __init__(self, model: str, labels, device: torch.device, seed: int = 0):
         torch.manual_seed(seed)
         n = labels.shape[1]
-        backbone = create_backbone(model, num_classes=n, in_chans=1, pretrained=False)
-        self.model = CXRClassifier(backbone, LabelGraphRefiner(n)).to(device)
+        self.model = build_model(TrainConfig(model=model, pretrained=False), n).to(device)
         self.loss = build_loss("asl", labels).to(device)
         self.optimizer = build_optimizer(self.model, lr=1e-4, weight_decay=1e-5)
         self.scheduler = build_scheduler(self.optimizer, warmup_steps=0, total_steps=1_000_000)
@@ -43,9 +43,9 @@ class TrainStep:
         return stats
 
 
-def fixed_batch(labels, batch_size: int, img_size: int, device: torch.device) -> tuple:
+def fixed_batch(labels, batch_size: int, img_size: int, device: torch.device) -> Batch:
     """A batch as the contract delivers it (uint8 (B,1,S,S), labels, index), already on the device."""
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch_size, 1, img_size, img_size), dtype=torch.uint8, generator=g)
-    return (images.to(device), torch.as_tensor(labels[:batch_size]).to(device),
-            torch.arange(batch_size, dtype=torch.int64).to(device))
+    return Batch(images.to(device), torch.as_tensor(labels[:batch_size]).to(device),
+                 torch.arange(batch_size, dtype=torch.int64).to(device))

@@ -6,11 +6,20 @@ Launch with `torchrun`; it sets RANK / WORLD_SIZE / LOCAL_RANK. NCCL on CUDA, gl
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
+import socket
+import uuid
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from cxr_fast.errors import UserError
+
+LONG_WAIT_S = 24 * 3600  # the longest rank 0's own work (packing a MIMIC-size dataset) may keep the others waiting
+_WAIT_GROUP = None
 
 
 def world() -> int:
@@ -29,16 +38,54 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device_kind: str, timeout_s: int = 1800) -> torch.device | None:
-    """Initialise the process group when launched by torchrun. Returns this rank's device, or None if not distributed."""
+def setup(device_kind: str, timeout_s: int | None = None) -> torch.device | None:
+    """Initialise the process group when launched by torchrun. Returns this rank's device, or None if not distributed.
+
+    CUDA: `set_device(LOCAL_RANK)` before anything touches CUDA, NCCL bound to that device (`device_id`, eager
+    communicator set-up). Besides the main group, a gloo group with a long timeout serves `wait_for_main`: a rank
+    waiting there for rank 0's long work (packing shards) waits as long as that takes, which an NCCL collective does
+    not (its communicator set-up gives up after the store timeout). The main group's timeout is `timeout_s`
+    (default 30 min, or CXR_FAST_DIST_TIMEOUT_S).
+    """
     if not launched_by_torchrun() or dist.is_initialized():
         return None
+    global _WAIT_GROUP
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_kind == "cuda"
+    timeout = datetime.timedelta(seconds=timeout_s or int(os.environ.get("CXR_FAST_DIST_TIMEOUT_S", "1800")))
+    kwargs = {}
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        if "device_id" in inspect.signature(dist.init_process_group).parameters:
+            kwargs["device_id"] = torch.device("cuda", local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout, **kwargs)
+    _WAIT_GROUP = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=LONG_WAIT_S))
     return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def wait_for_main() -> None:
+    """Every rank waits here, on the long-timeout gloo group, until rank 0 (doing long work such as packing shards)
+    arrives. A plain `barrier()` on the main group would time out after its (short) timeout."""
+    if world() > 1:
+        dist.barrier(group=_WAIT_GROUP)
+
+
+def log(msg: str) -> None:
+    """Print on rank 0 only (flushed: logs of several processes interleave by line)."""
+    if is_main():
+        print(msg, flush=True)
+
+
+def average_buffers(module: torch.nn.Module) -> None:
+    """Make every rank's floating buffers (BatchNorm running mean/var) the mean over ranks, as timm's
+    `distribute_bn(reduce=True)`: DDP syncs parameters, not buffers, so without this each rank would validate and
+    save its own statistics. Integer buffers (num_batches_tracked) advance alike on every rank."""
+    if world() <= 1:
+        return
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b, op=dist.ReduceOp.SUM)
+            b.div_(world())
 
 
 def finish() -> None:
@@ -58,10 +105,10 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def barrier(timeout_s: float | None = None) -> None:
-    """All ranks meet here; `timeout_s` overrides the process group's timeout (for a long wait on rank 0's work)."""
+def barrier() -> None:
+    """All ranks meet here (within the process group's timeout; for a long wait on rank 0 use `wait_for_main`)."""
     if world() > 1:
-        dist.barrier(timeout=None if timeout_s is None else datetime.timedelta(seconds=timeout_s))
+        dist.barrier()
 
 
 def gather_predictions(*arrays: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -74,3 +121,37 @@ def gather_predictions(*arrays: np.ndarray, index: np.ndarray) -> tuple[np.ndarr
         arrays = tuple(np.concatenate([p[i + 1] for p in parts]) for i in range(len(arrays)))
     _, first = np.unique(index, return_index=True)  # sorted unique indices, first occurrence of each
     return (index[first], *(a[first] for a in arrays))
+
+
+SHARED_TOKEN = ".cxr-shared-check"
+
+
+def check_shared(path: str | Path, what: str) -> None:
+    """Several nodes: every node's local rank 0 confirms it sees what global rank 0 wrote under `path`; else one
+    line naming the path and the node, on every rank (not a missing-file traceback later). Only global rank 0 writes
+    shards and outputs, so `--shards_root` and `--out_dir` must be storage every node mounts."""
+    if world() <= 1:
+        return
+    token_file = Path(path) / SHARED_TOKEN
+    box = [uuid.uuid4().hex if is_main() else None]
+    if is_main():
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        token_file.write_text(box[0])
+    dist.broadcast_object_list(box, src=0)
+    problem = None
+    if not is_main() and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        try:
+            seen = token_file.read_text() == box[0]
+        except OSError:
+            seen = False
+        if not seen:
+            problem = (f"{Path(path).absolute()} ({what}) is not shared between the nodes: node "
+                       f"{socket.gethostname()} (node rank {os.environ.get('GROUP_RANK', '?')}) does not see what rank "
+                       f"0 wrote there; give {what} a path on storage every node mounts")
+    problems = [None] * world()
+    dist.all_gather_object(problems, problem)
+    if is_main():
+        token_file.unlink(missing_ok=True)
+    found = [p for p in problems if p]
+    if found:
+        raise UserError(found[0])

@@ -21,6 +21,15 @@ def one_line(e: BaseException) -> str:
     return " ".join(msg.split("\n"))
 
 
+def first_line(e: BaseException, limit: int = 200, with_type: bool = False) -> str:
+    """The first line of `e`'s message, at most `limit` characters; `with_type` puts the exception's class first."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    if with_type:
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text[:limit]
+
+
 def cli_entry(fn: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI `main` so a UserError prints one line to stderr and exits 2 instead of a traceback."""
 

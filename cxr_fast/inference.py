@@ -12,30 +12,27 @@ import torch
 from cxr_fast.atomic import atomic_path
 from cxr_fast.data.augment import AugmentSpec
 from cxr_fast.data.samples import SampleSet
-from cxr_fast.errors import UserError
+from cxr_fast.errors import UserError, first_line
 from cxr_fast.pipelines import build_loader
 from cxr_fast.train.checkpoint import check_fold_checkpoint, load_checkpoint
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device):
     """A CXRClassifier with the checkpoint's backbone and refiner weights, in eval mode."""
-    from cxr_fast.model import CXRClassifier
-    from cxr_fast.model.backbone import create_backbone
-    from cxr_fast.model.refiner import LabelGraphRefiner
+    from cxr_fast.model import build_model
+    from cxr_fast.train.config import TrainConfig
 
-    cfg = ckpt["config"]
+    cfg = TrainConfig.from_saved(ckpt["config"]).replace(refiner=bool(ckpt.get("refiner")))
     n = len(ckpt["labels"])
-    backbone = create_backbone(cfg["model"], num_classes=n, in_chans=int(cfg.get("in_chans", 1)), pretrained=False,
-                               drop_rate=float(cfg.get("drop_rate", 0.0)))
-    refiner = LabelGraphRefiner(n, alpha=float(cfg.get("refiner_alpha", 0.3))) if ckpt.get("refiner") else None
+    model = build_model(cfg, n, pretrained=False)
     try:
-        backbone.load_state_dict(ckpt["model"])
-        if refiner is not None:
-            refiner.load_state_dict(ckpt["refiner"])
+        model.backbone.load_state_dict(ckpt["model"])
+        if model.refiner is not None:
+            model.refiner.load_state_dict(ckpt["refiner"])
     except RuntimeError as e:
-        raise UserError(f"checkpoint weights do not fit a {cfg['model']!r} model with {n} labels "
-                        f"({str(e).splitlines()[0][:200]})") from None
-    return CXRClassifier(backbone, refiner).to(device).eval()
+        raise UserError(f"checkpoint weights do not fit a {cfg.model!r} model with {n} labels "
+                        f"({first_line(e)})") from None
+    return model.to(device).eval()
 
 
 def load_fold_checkpoints(paths: list[str | Path]) -> list[tuple[Path, dict]]:
@@ -90,4 +87,14 @@ def write_predictions_csv(path: str | Path, names: list[str], label_names: list[
         df.insert(0, k, v)
     df.insert(0, image_col, names)
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6f")
+        df.to_csv(tmp, index=False, float_format="%.9g")  # float32 round-trips exactly
+
+
+def write_labels_csv(path: str | Path, names: list[str], label_names: list[str], labels: np.ndarray,
+                     image_col: str = "Image_name") -> None:
+    """`Image_name` + one 0/1 column per label (blank = unknown), written atomically: the truth beside `oof.csv`,
+    as `cxr-eval --truth` and `cxr-compare` read it."""
+    df = pd.DataFrame(labels, columns=label_names).astype("Int64")
+    df.insert(0, image_col, names)
+    with atomic_path(Path(path)) as tmp:
+        df.to_csv(tmp, index=False)

@@ -58,8 +58,8 @@ def check_torch(version: str | None = None) -> str:
 
         version = torch.__version__
     if not at_least(version, TORCH_MIN):
-        raise UserError(f"torch {version} is installed; cxr_fast needs torch>={TORCH_MIN} (torch.amp.GradScaler, "
-                        f"torch.OutOfMemoryError): pip install -U 'torch>={TORCH_MIN}'")
+        raise UserError(f"torch {version} is installed; cxr_fast needs torch>={TORCH_MIN} "
+                        f"(torch.amp.GradScaler, fused AdamW on CPU): pip install -U 'torch>={TORCH_MIN}'")
     return version
 
 

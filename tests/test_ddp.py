@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,13 +28,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(data, out, pipeline, extra_env=None, shards=None, timeout=300):
+ENTRY = str(Path(__file__).with_name("ddp_entry.py"))  # cxr-train with faults injected
+
+
+def _torchrun(data, out, pipeline, extra_env=None, shards=None, timeout=300, entry=("-m", "cxr_fast.train"),
+              extra_args=()):
     src = ["--shards", str(shards)] if shards else ["--train_csv", str(data / "train.csv"),
                                                     "--train_dir", str(data / "train"), "--test_dir",
                                                     str(data / "test")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "cxr_fast.train", *src, "--pipeline", pipeline,
-           "--out_dir", str(out), "--out_csv", str(out / "submission.csv"), *ARGS]
+           "--master_port", str(_free_port()), *entry, *src, "--pipeline", pipeline,
+           "--out_dir", str(out), "--out_csv", str(out / "submission.csv"), *ARGS, *extra_args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
@@ -44,7 +49,8 @@ def check_ddp_outputs(data, out, stdout):
     assert len(oof) == len(train) and sorted(oof["Image_name"]) == sorted(train["Image_name"])
     sub = pd.read_csv(out / "submission.csv")
     assert sub["Image_name"].tolist() == sorted(p.name for p in (data / "test").iterdir())
-    assert stdout.count("wrote") == 2, "only rank 0 prints and writes"
+    wrote = [line for line in stdout.splitlines() if line.startswith(f"wrote {out}")]
+    assert len(wrote) == len(set(wrote)) == 3, f"only rank 0 prints and writes (oof, submission, report): {wrote}"
     truth = train.set_index("Image_name").loc[oof["Image_name"], CHEXPERT_LABELS].to_numpy(np.float32)
     for k in (1, 2):
         m = (oof["fold"] == k).to_numpy()
@@ -65,7 +71,8 @@ def test_ddp_pil_two_processes(synth_data, tmp_path):
 @pytest.mark.slow
 def test_failing_rank_ends_the_job(synth_data, tmp_path):
     t0 = time.time()
-    r = _torchrun(synth_data, tmp_path, "pil", extra_env={"CXR_FAST_FAIL_RANK": "1"}, timeout=180)
+    r = _torchrun(synth_data, tmp_path, "pil", extra_env={"CXR_FAST_FAIL_RANK": "1"}, timeout=180,
+                  entry=(ENTRY,))
     assert r.returncode != 0
     assert "injected failure on rank 1" in r.stderr
     assert time.time() - t0 < 120

@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_col", default="Image_name", help="name of the image column in the output CSV")
     p.add_argument("--skip_bad", action="store_true",
                    help="leave unreadable test images out of the CSV (and list them) instead of stopping")
+    p.add_argument("--thresholds", help="a run's thresholds.json (cxr-train writes it in --out_dir): also write "
+                   "0/1 decisions per label (prob >= threshold) to --out_decisions")
+    p.add_argument("--operating_point", choices=("youden", "sens90"), default="youden",
+                   help="which thresholds of --thresholds: Youden's J, or sensitivity >= 0.90 on the OOF data")
+    p.add_argument("--out_decisions", help="CSV of 0/1 decisions (default: --out_csv with _decisions before .csv)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     return p
 
@@ -36,14 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import tempfile
 
+    from cxr_fast import versions
     from cxr_fast.data.run_data import shard_resize, test_file_set
     from cxr_fast.inference import ensemble_predict, load_fold_checkpoints, write_predictions_csv
     from cxr_fast.train.run import resolve_device
 
+    versions.check_torch()
     paths = sorted({p for pat in args.checkpoints for p in (glob.glob(pat) or [pat])})
     ckpts = load_fold_checkpoints(paths)
     labels = list(ckpts[0][1]["labels"])
     device = resolve_device(args.device)
+    cut = _threshold_vector(args, labels)  # before inference: a wrong file costs no GPU time
     with tempfile.TemporaryDirectory(prefix="cxr-predict-") as tmp:
         if args.shards:
             samples, names = _shard_test_set(args.shards, labels)
@@ -68,7 +76,29 @@ def main(argv: list[str] | None = None) -> int:
     write_predictions_csv(args.out_csv, [names[i] for i in index], labels, probs, image_col=args.image_col)
     print(f"wrote {args.out_csv}: {len(index)} images x {len(labels)} labels, mean of {len(ckpts)} checkpoint(s)"
           f"{', flip TTA' if args.tta else ''}")
+    if cut is not None:
+        out = args.out_decisions or _decisions_path(args.out_csv)
+        decided = (probs >= cut[None, :]).astype("uint8")
+        write_predictions_csv(out, [names[i] for i in index], labels, decided, image_col=args.image_col)
+        print(f"wrote {out}: 0/1 decisions at the {args.operating_point} thresholds of {args.thresholds} "
+              f"(prob >= threshold)")
     return 0
+
+
+def _threshold_vector(args, labels: list[str]):
+    """(C,) thresholds from --thresholds for --operating_point, checked against the checkpoints' labels; None
+    without --thresholds."""
+    if args.thresholds is None:
+        if args.out_decisions:
+            raise UserError("--out_decisions needs --thresholds (a run's thresholds.json)")
+        return None
+    from cxr_fast.evaluate.thresholds import load_thresholds, threshold_vector
+
+    return threshold_vector(load_thresholds(args.thresholds, labels), labels, args.operating_point)
+
+
+def _decisions_path(out_csv: str) -> str:
+    return out_csv[:-4] + "_decisions.csv" if out_csv.endswith(".csv") else out_csv + "_decisions.csv"
 
 
 def _readable_test_images(test_dir: str, skip_bad: bool) -> list[str]:

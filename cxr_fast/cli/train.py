@@ -6,97 +6,157 @@ import argparse
 import sys
 
 from cxr_fast.cli.common import add_dataset_flags, decay, nonneg_int, positive_int
-from cxr_fast.errors import UserError, cli_entry
+from cxr_fast.errors import UserError, cli_entry, first_line
+from cxr_fast.train.config import TrainConfig, read_config_file
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Flags without defaults here: every default comes from `TrainConfig` (set at the end), so there is one."""
     p = argparse.ArgumentParser(prog="cxr-train", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     B = argparse.BooleanOptionalAction
+    p.add_argument("--config", help="JSON or YAML file of settings (a run's config.json is one); flags given on the "
+                                    "command line win")
     # The original project's flags: same names, types and defaults.
     p.add_argument("--train_csv", help="CSV with Image_name + label columns (not needed with --shards)")
     p.add_argument("--train_dir", help="directory of training images (not needed with --shards)")
     p.add_argument("--test_dir", help="directory of test images (every .png/.jpg/.jpeg, sorted)")
-    p.add_argument("--out_csv", default="./submission.csv", help="submission CSV path")
-    p.add_argument("--out_dir", default="./outputs", help="checkpoints, oof.csv, cv_summary.json, metrics.jsonl")
+    p.add_argument("--out_csv", help="submission CSV path")
+    p.add_argument("--out_dir", help="checkpoints, oof.csv, cv_summary.json, metrics.jsonl")
     add_dataset_flags(p)
-    p.add_argument("--model", default="seresnext101_32x4d", help="timm backbone name")
-    p.add_argument("--img_size", type=positive_int, default=380, help="square input size")
-    p.add_argument("--epochs", type=positive_int, default=3)
-    p.add_argument("--batch_size", type=positive_int, default=24, help="batch size per process")
-    p.add_argument("--lr", type=float, default=2e-4, help="base learning rate (AdamW)")
-    p.add_argument("--weight_decay", type=float, default=1e-4)
-    p.add_argument("--warmup_epochs", type=float, default=1, help="linear warm-up length in epochs (per-step)")
-    p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--seed", type=nonneg_int, default=42)
-    p.add_argument("--label_smooth", type=float, default=0.0)
-    p.add_argument("--loss", choices=("asl", "bce"), default="asl")
-    p.add_argument("--ema", action=B, default=True, help="EMA of the weights (backbone and refiner)")
-    p.add_argument("--tta", action=B, default=True, help="horizontal-flip TTA for validation and test")
-    p.add_argument("--num_workers", type=nonneg_int, default=4, help="loader worker processes (DALI: threads)")
+    p.add_argument("--model", help="timm backbone name")
+    p.add_argument("--img_size", type=positive_int, help="square input size")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch_size", type=positive_int, help="batch size per process")
+    p.add_argument("--lr", type=float, help="base learning rate (AdamW)")
+    p.add_argument("--weight_decay", type=float)
+    p.add_argument("--warmup_epochs", type=float, help="linear warm-up length in epochs (per-step)")
+    p.add_argument("--folds", type=int)
+    p.add_argument("--seed", type=nonneg_int)
+    p.add_argument("--label_smooth", type=float)
+    p.add_argument("--loss", choices=("asl", "bce"))
+    p.add_argument("--ema", action=B, help="EMA of the weights (backbone and refiner)")
+    p.add_argument("--tta", action=B, help="horizontal-flip TTA for validation and test")
+    p.add_argument("--num_workers", type=nonneg_int, help="loader worker processes (DALI: threads)")
     p.add_argument("--color_jitter", action="store_true", help="brightness/contrast jitter 0.05")
     p.add_argument("--no_amp", action="store_true", help="disable mixed precision")
     # Ours.
-    p.add_argument("--pipeline", choices=("pil", "dali"), default="dali", help="input pipeline")
-    p.add_argument("--shards", default=None, help="existing cxr-shard output (labels and folds from its manifest)")
-    p.add_argument("--hw_decoder_load", type=float, default=0.65,
+    p.add_argument("--pipeline", choices=("pil", "dali"), help="input pipeline")
+    p.add_argument("--shards", help="existing cxr-shard output (labels and folds from its manifest)")
+    p.add_argument("--hw_decoder_load", type=float,
                    help="DALI: share of JPEG decoding given to the GPU's hardware decoder (A100/H100)")
-    p.add_argument("--shards_root", default="shards", help="where shards are built when --shards is not given")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp_dtype", choices=("auto", "fp16", "bf16"), default="auto",
-                   help="AMP dtype on CUDA (auto = fp16 with a grad scaler); on CPU AMP runs only with bf16")
-    p.add_argument("--refiner", action=B, default=True, help="learned sparse label-coupling refiner")
-    p.add_argument("--refiner_alpha", type=float, default=0.3)
-    p.add_argument("--refiner_l1", type=float, default=1e-3, help="L1 weight on A (proximal step)")
-    p.add_argument("--ema_decay", type=decay, default=0.999)
-    p.add_argument("--drop_rate", type=float, default=0.4, help="backbone dropout before the classifier")
-    p.add_argument("--patience", type=nonneg_int, default=3, help="early-stopping patience in epochs (0 = off)")
-    p.add_argument("--pretrained", action=B, default=True, help="ImageNet-pretrained timm weights")
-    p.add_argument("--weights", default=None, help="local backbone weights file (.pth/.safetensors)")
-    p.add_argument("--in_chans", type=int, choices=(1, 3), default=1, help="backbone input channels")
-    p.add_argument("--folds_to_run", default=None, help="comma-separated folds to train, e.g. 1,3 (default all)")
+    p.add_argument("--dali_decode", choices=("auto", "crop", "full"),
+                   help="DALI training decode: crop = decode only the random crop (ROI decode), full = decode the "
+                        "whole image then crop; auto = full on CUDA, crop on CPU")
+    p.add_argument("--shards_root", help="where shards are built when --shards is not given")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--amp_dtype", choices=("auto", "fp16", "bf16"),
+                   help="AMP dtype on CUDA (auto = bf16 where the GPU supports it, else fp16 with a grad scaler); "
+                        "on CPU AMP runs only with bf16")
+    p.add_argument("--channels_last", action=B, help="channels_last memory format (default: on for convolutional "
+                                                     "backbones on CUDA)")
+    p.add_argument("--compile", action=B, help="torch.compile the backbone")
+    p.add_argument("--eval_batch_size", type=positive_int, help="validation/test batch per process (default 2x "
+                                                                "--batch_size)")
+    p.add_argument("--refiner", action=B, help="learned sparse label-coupling refiner")
+    p.add_argument("--refiner_alpha", type=float)
+    p.add_argument("--refiner_l1", type=float, help="L1 weight on A (proximal step)")
+    p.add_argument("--ema_decay", type=decay)
+    p.add_argument("--drop_rate", type=float, help="backbone dropout before the classifier")
+    p.add_argument("--patience", type=nonneg_int, help="early-stopping patience in epochs (0 = off)")
+    p.add_argument("--pretrained", action=B, help="ImageNet-pretrained timm weights")
+    p.add_argument("--weights", help="local backbone weights file (.pth/.safetensors)")
+    p.add_argument("--in_chans", type=int, choices=(1, 3), help="backbone input channels")
+    p.add_argument("--folds_to_run", help="comma-separated folds to train, e.g. 1,3 (default all)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out_dir")
-    p.add_argument("--progress", action=B, default=True, help="progress bars")
+    p.add_argument("--skip_bad", action=B, help="leave unreadable images out (and list them) instead of stopping; "
+                   "test images are checked before training")
+    p.add_argument("--progress", action=B, help="progress bars")
+    p.set_defaults(**TrainConfig.defaults())
     return p
+
+
+def _apply_config_file(p: argparse.ArgumentParser, path: str) -> None:
+    """The file's settings become the parser's defaults (so command-line flags win), each checked by its flag."""
+    values = read_config_file(path)
+    actions = {a.dest: a for a in p._actions if a.dest != "help"}
+    unknown = sorted(set(values) - set(TrainConfig.field_names()))
+    if unknown:
+        raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)} (settings are cxr-train's flag names)")
+    for key, v in values.items():
+        if key == "labels" and isinstance(v, list):
+            v = ",".join(map(str, v))
+        a = actions[key]
+        if v is not None and a.type is not None and not isinstance(v, bool):
+            try:
+                v = a.type(str(v))
+            except (ValueError, argparse.ArgumentTypeError) as e:
+                raise UserError(f"{path}: {key}: {e}") from None
+        if v is not None and a.choices is not None and v not in a.choices:
+            raise UserError(f"{path}: {key}: {v!r} is not one of {', '.join(map(str, a.choices))}")
+        values[key] = v
+    p.set_defaults(**values)
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """The run's settings: defaults < --config file < command line."""
+    from cxr_fast.data.table import parse_label_list
+
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.config:
+        _apply_config_file(p, args.config)
+        args = p.parse_args(argv)
+    args.labels = parse_label_list(args.labels) if isinstance(args.labels, str) else args.labels
+    cfg = TrainConfig(**vars(args))
+    if cfg.shards is None and (not cfg.train_csv or not cfg.train_dir):
+        raise UserError("--train_csv and --train_dir are required (or give --shards)")
+    return cfg
+
+
+def _load_data(cfg: TrainConfig):
+    from cxr_fast.data.run_data import from_csv, from_shards
+
+    if cfg.shards is not None:
+        return from_shards(cfg.shards, labels=cfg.labels, test_dir=cfg.test_dir, skip_bad=cfg.skip_bad)
+    return from_csv(cfg.train_csv, cfg.train_dir, cfg.test_dir, image_col=cfg.image_col, labels=cfg.labels,
+                    uncertain=cfg.uncertain, missing=cfg.missing, group_col=cfg.group_col, folds=cfg.folds,
+                    seed=cfg.seed, skip_bad=cfg.skip_bad)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    cfg = parse_config(argv)
+    from cxr_fast import versions
+
+    versions.check_torch()  # one line naming the floor, before anything deeper fails on an old torch
     import torch
 
     from cxr_fast import dist
-    from cxr_fast.data.run_data import from_csv, from_shards, shards_for_training
-    from cxr_fast.data.table import parse_label_list
+    from cxr_fast.data.run_data import shards_for_training
     from cxr_fast.train.engine import TrainingDiverged
     from cxr_fast.train.run import Run, resolve_device
+    from cxr_fast.train.speed import configure_cuda
 
-    cfg = vars(args)
-    cfg["labels"] = parse_label_list(args.labels)
-    if args.shards is None and (not args.train_csv or not args.train_dir):
-        raise UserError("--train_csv and --train_dir are required (or give --shards)")
-    device = resolve_device(args.device)
-    dist_device = dist.setup(device.type)
-    device = dist_device or device
+    device = resolve_device(cfg.device)
+    if cfg.pipeline == "dali":
+        from cxr_fast.pipelines.dali import require_dali
+
+        require_dali()  # fail before building shards (or starting processes) when DALI is absent or too old
+    device = dist.setup(device.type) or device
+    configure_cuda(fixed_size=True)  # every training/eval batch is img_size x img_size: cudnn.benchmark pays
     try:
-        if args.pipeline == "dali":
-            from cxr_fast.pipelines.dali import require_dali
-
-            require_dali()  # fail before building shards when DALI is absent
-        if args.pipeline == "dali" and args.shards is None:
-            cfg["shards"] = str(shards_for_training(cfg, build=dist.is_main()))
-            dist.barrier(timeout_s=24 * 3600)  # rank 0 may be packing a whole CheXpert/NIH set meanwhile
-        if cfg["shards"] is not None:
-            data = from_shards(cfg["shards"], labels=cfg["labels"], test_dir=args.test_dir)
-        else:
-            data = from_csv(args.train_csv, args.train_dir, args.test_dir, image_col=args.image_col,
-                            labels=cfg["labels"], uncertain=args.uncertain, missing=args.missing,
-                            group_col=args.group_col, folds=args.folds, seed=args.seed)
-        cfg["labels"] = data.label_names
+        if cfg.pipeline == "dali" and cfg.shards is None:
+            shards = shards_for_training(cfg, build=dist.is_main())
+            dist.wait_for_main()  # rank 0 may be packing a whole CheXpert/NIH set meanwhile (hours)
+            dist.check_shared(shards, "--shards_root")
+            cfg = cfg.replace(shards=str(shards))
+        data = _load_data(cfg)
+        cfg = cfg.replace(labels=list(data.label_names))
         Run(cfg, data, device).run()
         dist.finish()
-    except (TrainingDiverged, torch.OutOfMemoryError) as e:  # the run's settings, not a bug: one line, exit 2
-        raise UserError(str(e).splitlines()[0]) from None
+    except (TrainingDiverged, torch.cuda.OutOfMemoryError) as e:  # the run's settings, not a bug: one line, exit 2
+        raise UserError(first_line(e, 500)) from None
     finally:
         dist.cleanup()
     return 0

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_fast.atomic import atomic_path
-from cxr_fast.data.table import read_csv_text
+from cxr_fast.data.csv_read import read_csv_text
 from cxr_fast.errors import UserError
 
 IMAGE_COL = "Image_name"

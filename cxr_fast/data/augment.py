@@ -8,7 +8,7 @@ crop/resize uses (bi)linear filtering with antialiasing where the kernel offers 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,3 @@ class AugmentSpec:
     @classmethod
     def for_eval(cls, img_size: int) -> AugmentSpec:
         return cls(img_size=img_size, train=False, rotate_deg=0.0, flip_p=0.0, jitter=0.0)
-
-    def to_dict(self) -> dict:
-        return asdict(self)

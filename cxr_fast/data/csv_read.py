@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_fast.errors import UserError
+from cxr_fast.errors import UserError, first_line
 
 _MAX_SHOWN = 5
 
 
-def _rows(lines) -> str:
+def rows_text(lines) -> str:
     """'line(s) ...' for the first offending rows, given their CSV line numbers."""
     lines = list(lines)
     shown = ", ".join(str(int(i)) for i in lines[:_MAX_SHOWN])
@@ -37,7 +37,7 @@ def _records(csv_path: Path) -> Iterator[tuple[int, list[str]]]:
             prev = reader.line_num
 
 
-def _line_numbers(csv_path: Path, n_rows: int) -> np.ndarray:
+def line_numbers(csv_path: Path, n_rows: int) -> np.ndarray:
     """CSV line (header = line 1) on which each data row starts. Only computed when an error needs it."""
     starts = [line for line, _ in _records(csv_path)][1:]  # drop the header
     if len(starts) != n_rows:  # the csv module and pandas disagree on some odd file: keep the simple count
@@ -61,7 +61,7 @@ def _refuse_long_rows(path: Path) -> None:
     n, long_rows = _long_rows(path)
     if long_rows:
         line, k = long_rows[0]
-        more = f" (and {len(long_rows) - 1} more row(s): {_rows(ln for ln, _ in long_rows[1:])})" if len(
+        more = f" (and {len(long_rows) - 1} more row(s): {rows_text(ln for ln, _ in long_rows[1:])})" if len(
             long_rows) > 1 else ""
         raise UserError(f"{path}: line {line} has {k} fields but the header has {n}{more}; an unquoted comma in a "
                         f"name, or a trailing comma? Quote the field or remove the extra comma")
@@ -95,7 +95,7 @@ def read_csv_text(path: str | Path, what: str = "CSV") -> pd.DataFrame:
         raise UserError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except pd.errors.ParserError as e:
         _refuse_long_rows(path)
-        raise UserError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable CSV ({first_line(e)})") from None
     if not isinstance(df.index, pd.RangeIndex):  # more fields than header names on every row
         _refuse_long_rows(path)
     return df

@@ -58,8 +58,28 @@ def test_file_set(test_dir: Path, names: list[str], n_labels: int) -> SampleSet:
                      files=[Path(test_dir) / s for s in names])
 
 
+def checked_test_names(test_dir, skip_bad: bool = False) -> list[str]:
+    """The test folder's images, each decoded once now so a bad one stops the run before training (not after every
+    fold); with `skip_bad` the unreadable ones are left out and listed instead."""
+    from cxr_fast.images.check import unreadable
+
+    names = list_test_images(test_dir)
+    bad = unreadable([Path(test_dir) / n for n in names])
+    if bad and not skip_bad:
+        i, why = min(bad.items())
+        raise UserError(f"{Path(test_dir) / names[i]}: {why} ({len(bad)} unreadable test image(s); fix or remove "
+                        f"them, or pass --skip_bad to leave them out)")
+    if bad:
+        print(f"--skip_bad: left out {len(bad)} unreadable test image(s): "
+              + "; ".join(f"{names[i]}: {why}" for i, why in sorted(bad.items())[:20])
+              + (" ..." if len(bad) > 20 else ""))
+        if len(bad) == len(names):
+            raise UserError(f"{test_dir}: none of the {len(names)} test images can be read")
+    return [n for i, n in enumerate(names) if i not in bad]
+
+
 def from_csv(train_csv, train_dir, test_dir, *, image_col, labels, uncertain, missing, group_col, folds: int,
-             seed: int) -> RunData:
+             seed: int, skip_bad: bool = False) -> RunData:
     table = read_table(train_csv, image_col=image_col, labels=labels, uncertain=uncertain, missing=missing,
                        group_col=group_col)
     train_dir = Path(train_dir)
@@ -69,12 +89,16 @@ def from_csv(train_csv, train_dir, test_dir, *, image_col, labels, uncertain, mi
     fold, method = make_folds(table.labels, folds, seed, table.groups)
     return RunData(label_names=table.label_names, names=table.names, labels=table.labels, folds=fold,
                    n_folds=folds, split_method=method, train_dir=train_dir,
-                   test_names=list_test_images(test_dir) if test_dir else None,
+                   test_names=checked_test_names(test_dir, skip_bad) if test_dir else None,
                    test_dir=Path(test_dir) if test_dir else None)
 
 
 def _check_files_exist(folder: Path, names: list[str], what: str) -> None:
     """Missing or empty image files are found before training starts (undecodable ones when first read)."""
+    dirs = [n for n in names if (folder / n).is_dir()]
+    if dirs:
+        raise UserError(f"{what} {folder / dirs[0]}: is a directory, not an image file"
+                        f"{f' ({len(dirs)} such rows)' if len(dirs) > 1 else ''}")
     bad = [n for n in names if not (folder / n).is_file() or (folder / n).stat().st_size == 0]
     if bad:
         shown = ", ".join(repr(n) for n in bad[:5])
@@ -90,7 +114,7 @@ def names_by_index(samples) -> list[str]:
     return names
 
 
-def from_shards(root, labels: list[str] | None = None, test_dir=None) -> RunData:
+def from_shards(root, labels: list[str] | None = None, test_dir=None, skip_bad: bool = False) -> RunData:
     """Labels, folds and names come from the shards' manifest and samples.csv; test images from the shards' test
     split, or from `test_dir` as files when the shards have none."""
     from cxr_fast.shards.read import load_manifest, read_samples
@@ -115,7 +139,7 @@ def from_shards(root, labels: list[str] | None = None, test_dir=None) -> RunData
             print(f"note: {root} has its own test split ({len(test)} images); --test_dir {test_dir} is not used")
         test_names, test_dir = names_by_index(test), None
     else:
-        test_names = list_test_images(test_dir) if test_dir is not None else None
+        test_names = checked_test_names(test_dir, skip_bad) if test_dir is not None else None
     return RunData(label_names=list(manifest["labels"]), names=names, labels=lab, folds=fold,
                    n_folds=int(manifest["folds"]), split_method=manifest["split_method"], shards_root=root,
                    manifest=manifest, test_names=test_names, test_dir=Path(test_dir) if test_dir else None)
@@ -126,31 +150,32 @@ def shard_resize(img_size: int) -> int:
     return max(512, int(img_size))
 
 
-def shards_for_training(cfg: dict, build: bool = True) -> Path:
+def shards_for_training(cfg, build: bool = True) -> Path:
     """Build (or reuse) shards for `cxr-train --pipeline dali` without `--shards`: `<shards_root>/<csv stem>-<hash>`,
     the hash covering the CSV's bytes and every setting that changes the shards, so a changed CSV or setting gets
-    new shards and an unchanged one reuses the old (cxr-shard's own up-to-date check). Under DDP only rank 0 builds
-    (`build=True`); the others just name the folder and wait at a barrier."""
+    new shards and an unchanged one reuses the old (cxr-shard's own up-to-date check). `cfg` is the run's
+    `TrainConfig`. Under DDP only rank 0 builds (`build=True`), with every usable core (not --num_workers, which
+    sizes the training loaders); the others name the folder and wait (`dist.wait_for_main`)."""
     import hashlib
     import json
 
     from cxr_fast.data.table import file_sha256
     from cxr_fast.shards.writer import write_shards
 
-    csv = Path(cfg["train_csv"])
+    csv = Path(cfg.train_csv)
     if not csv.is_file():
         raise UserError(f"{csv}: CSV file not found")
-    resize = shard_resize(cfg["img_size"])
-    keys = {"csv_sha256": file_sha256(csv), "train_dir": str(Path(cfg["train_dir"]).absolute()),
-            "test_dir": str(Path(cfg["test_dir"]).absolute()) if cfg.get("test_dir") else None, "resize": resize,
-            **{k: cfg.get(k) for k in ("labels", "image_col", "group_col", "uncertain", "missing", "folds", "seed")}}
+    resize = shard_resize(cfg.img_size)
+    keys = {"csv_sha256": file_sha256(csv), "train_dir": str(Path(cfg.train_dir).absolute()),
+            "test_dir": str(Path(cfg.test_dir).absolute()) if cfg.test_dir else None, "resize": resize,
+            **{k: getattr(cfg, k) for k in ("labels", "image_col", "group_col", "uncertain", "missing", "folds",
+                                            "seed", "skip_bad")}}
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
-    out = Path(cfg.get("shards_root") or "shards") / f"{csv.stem}-{digest}"
+    out = Path(cfg.shards_root or "shards") / f"{csv.stem}-{digest}"
     if not build:
         return out
     print(f"--pipeline dali without --shards: shards for this CSV and these settings go to {out}", flush=True)
-    write_shards(csv, cfg["train_dir"], out, test_dir=cfg.get("test_dir"), folds=cfg["folds"], seed=cfg["seed"],
-                 labels=cfg.get("labels"), image_col=cfg["image_col"], group_col=cfg.get("group_col"),
-                 uncertain=cfg["uncertain"], missing=cfg["missing"], resize=resize,
-                 workers=max(1, int(cfg.get("num_workers") or 1)), progress=bool(cfg.get("progress", True)))
+    write_shards(csv, cfg.train_dir, out, test_dir=cfg.test_dir, folds=cfg.folds, seed=cfg.seed, labels=cfg.labels,
+                 image_col=cfg.image_col, group_col=cfg.group_col, uncertain=cfg.uncertain, missing=cfg.missing,
+                 resize=resize, workers=None, progress=cfg.progress, skip_bad=cfg.skip_bad)
     return out

@@ -12,11 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_fast.data.csv_read import _line_numbers, _rows, check_header, read_csv_text
+from cxr_fast.data.csv_read import check_header, line_numbers, read_csv_text, rows_text
 from cxr_fast.data.label_columns import LABEL_VALUES, auto_detect, named
 from cxr_fast.errors import UserError
-
-# read_csv_text, _line_numbers and _rows are imported from here by other modules too.
 
 # The 14 CheXpert labels of the seed's Quick Start, in its order.
 CHEXPERT_LABELS = [
@@ -97,7 +95,7 @@ def read_table(
         raise UserError(f"{csv_path}: the CSV has a header but no rows")
 
     def lines_of(mask) -> np.ndarray:
-        return _line_numbers(csv_path, len(df))[np.flatnonzero(mask)]
+        return line_numbers(csv_path, len(df))[np.flatnonzero(mask)]
 
     names = _image_names(df[image_col].astype(str), csv_path, image_col, lines_of)
     groups = _groups(df, csv_path, group_col, lines_of)
@@ -120,12 +118,12 @@ def read_table(
 def _image_names(names: pd.Series, csv_path: Path, image_col: str, lines_of) -> list[str]:
     blank = names.str.strip() == ""
     if blank.any():
-        raise UserError(f"{csv_path}: column {image_col!r} is empty at {_rows(lines_of(blank))}")
+        raise UserError(f"{csv_path}: column {image_col!r} is empty at {rows_text(lines_of(blank))}")
     dup = names.duplicated(keep=False)
     if dup.any():
         first = names[dup].iloc[0]
         raise UserError(f"{csv_path}: column {image_col!r} has duplicate image names, e.g. {first!r} at "
-                        f"{_rows(lines_of(names == first))} ({int(names.duplicated().sum())} duplicates)")
+                        f"{rows_text(lines_of(names == first))} ({int(names.duplicated().sum())} duplicates)")
     return names.tolist()
 
 
@@ -136,7 +134,7 @@ def _groups(df: pd.DataFrame, csv_path: Path, group_col: str | None, lines_of) -
         raise UserError(f"{csv_path}: no group column {group_col!r} (columns: {', '.join(df.columns)})")
     g = df[group_col].astype(str).str.strip()
     if (g == "").any():
-        raise UserError(f"{csv_path}: column {group_col!r} is empty at {_rows(lines_of(g == ''))}")
+        raise UserError(f"{csv_path}: column {group_col!r} is empty at {rows_text(lines_of(g == ''))}")
     return g.to_numpy()
 
 
@@ -147,11 +145,11 @@ def _label_values(col: pd.Series, csv_path: Path, c: str, uncertain: str, missin
     bad = (~is_blank) & vals.isna()
     if bad.any():
         raise UserError(f"{csv_path}: column {c!r} has non-numeric values (e.g. {col[bad].iloc[0]!r}) at "
-                        f"{_rows(lines_of(bad))}")
+                        f"{rows_text(lines_of(bad))}")
     outside = (~is_blank) & ~vals.isin(LABEL_VALUES)
     if outside.any():
         raise UserError(f"{csv_path}: column {c!r} has values outside {{0, 1, -1}} "
-                        f"(e.g. {col[outside].iloc[0]!r}) at {_rows(lines_of(outside))}")
+                        f"(e.g. {col[outside].iloc[0]!r}) at {rows_text(lines_of(outside))}")
     v = vals.to_numpy(dtype=np.float64, copy=True)  # pandas 3 (copy-on-write) may hand out a read-only view
     v[(v == -1.0)] = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertain]
     v[is_blank.to_numpy()] = {"zeros": 0.0, "ignore": np.nan}[missing]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr_fast.errors import UserError
+from cxr_fast.errors import UserError, first_line
 from cxr_fast.model.normalize import GRAY_MEAN, GRAY_STD, RGB_MEAN, RGB_STD
 
 PREPROCESS = ("8-bit grey image (16-bit windowed over its own range) squashed to img_size x img_size with PIL "
@@ -96,7 +96,7 @@ def find_thresholds(checkpoints: list[tuple[Path, dict]], labels: list[str]) -> 
             try:
                 docs[f] = json.loads(f.read_text())
             except (OSError, ValueError) as e:
-                raise UserError(f"{f}: not readable JSON ({str(e).splitlines()[0][:160]})") from None
+                raise UserError(f"{f}: not readable JSON ({first_line(e, 160)})") from None
     if not docs:
         return None
     (first, doc), *rest = docs.items()

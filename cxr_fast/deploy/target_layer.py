@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cxr_fast.errors import UserError
+from cxr_fast.errors import UserError, first_line
 
 
 def _describe(backbone: nn.Module) -> str:
@@ -40,8 +40,7 @@ def find_target_layer(backbone: nn.Module, in_chans: int, img_size: int) -> tupl
             feats = backbone.forward_features(torch.zeros(1, in_chans, img_size, img_size, device=device))
     except Exception as e:  # noqa: BLE001 - e.g. a transformer with a fixed input size
         raise UserError(f"cxr-explain cannot handle backbone {name!r}: forward_features failed at {img_size} px "
-                        f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''})"
-                        ) from None
+                        f"({first_line(e, 200, with_type=True)})") from None
     finally:
         for h in handles:
             h.remove()

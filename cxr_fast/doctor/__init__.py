@@ -28,8 +28,3 @@ class Row:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def first_line(e: BaseException, limit: int = 200) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:limit]

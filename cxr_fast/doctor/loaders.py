@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from cxr_fast.doctor import Row, first_line
+from cxr_fast.doctor import Row
+from cxr_fast.errors import first_line
 
 # What a GPU trains at: NVIDIA's A100 AMP rate for EfficientNet-B4 at 380 px (~331 img/s, DALI-NOTES.md). A loader
 # must beat it with room to spare: the GPU decoder by 3x, the CPU fallback at least 1x.
@@ -76,7 +77,8 @@ def loader_rows(workdir: Path, cuda: bool, have_dali: bool, seconds: float, quic
     try:
         samples = make_shards(workdir, n, source, resize, cores)
     except Exception as e:  # noqa: BLE001  (the doctor reports, it does not stop)
-        return [Row(f"loader {r}", "fail", f"could not generate shards: {first_line(e)}") for r in names]
+        why = first_line(e, with_type=True)
+        return [Row(f"loader {r}", "fail", f"could not generate shards: {why}") for r in names]
     spec = AugmentSpec.for_training(size)
     rows = []
     for name in names:
@@ -89,7 +91,8 @@ def loader_rows(workdir: Path, cuda: bool, have_dali: bool, seconds: float, quic
             loader = _build(name, samples, spec, batch, workers, device)
             res = measure(loader, seconds, device)
         except Exception as e:  # noqa: BLE001
-            rows.append(Row(label, "fail", first_line(e), "run the matching pipeline test; report doctor.json"))
+            rows.append(Row(label, "fail", first_line(e, with_type=True),
+                            "run the matching pipeline test; report doctor.json"))
             continue
         finally:
             del loader

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from cxr_fast.doctor import Row, first_line
+from cxr_fast.doctor import Row
+from cxr_fast.errors import first_line
 
 GPU_SECONDS, CPU_SECONDS = 10.0, 2.0  # loader-rate windows
 
@@ -22,7 +23,8 @@ def guarded(name: str, fn: Callable[[], Row | list[Row]]) -> list[Row]:
     try:
         out = fn()
     except Exception as e:  # noqa: BLE001
-        return [Row(name, "fail", f"the check itself failed: {first_line(e)}", "report doctor.json")]
+        why = first_line(e, with_type=True)
+        return [Row(name, "fail", f"the check itself failed: {why}", "report doctor.json")]
     return out if isinstance(out, list) else [out]
 
 

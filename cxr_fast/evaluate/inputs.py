@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_fast.data.table import _line_numbers, _rows, parse_label_list, read_csv_text, read_table
+from cxr_fast.data.csv_read import line_numbers, read_csv_text, rows_text
+from cxr_fast.data.table import parse_label_list, read_table
 from cxr_fast.errors import UserError
 
 NOT_LABELS = ("fold",)  # oof.csv's fold column is not a label
@@ -49,7 +50,7 @@ def read_probabilities(path: str | Path, image_col: str, label_names: list[str])
     dup = names.duplicated(keep=False).to_numpy()
     if dup.any():
         raise UserError(f"{path}: duplicate image name {names[dup].iloc[0]!r} at "
-                        f"{_rows(_line_numbers(path, len(df))[np.flatnonzero(dup)])}")
+                        f"{rows_text(line_numbers(path, len(df))[np.flatnonzero(dup)])}")
     out = pd.DataFrame(index=pd.Index(names, name=image_col))
     for c in label_names:
         raw = df[c].str.strip()
@@ -61,7 +62,7 @@ def read_probabilities(path: str | Path, image_col: str, label_names: list[str])
             what = "probabilities outside [0, 1]"
         if bad.any():
             raise UserError(f"{path}: column {c!r} has {what} (e.g. {raw[bad].iloc[0]!r}) at "
-                            f"{_rows(_line_numbers(path, len(df))[np.flatnonzero(bad)])}")
+                            f"{rows_text(line_numbers(path, len(df))[np.flatnonzero(bad)])}")
         out[c] = vals
     return out
 
@@ -93,7 +94,7 @@ def read_eval_inputs(pred: str | Path, truth: str | Path, *, image_col: str = "I
     pred, truth = Path(pred), Path(truth)
     names = shared_labels(pred, truth, image_col, group_col, labels)
     t = read_table(truth, image_col=image_col, labels=names, uncertain=uncertain, missing=missing,
-                   group_col=group_col)
+                   group_col=group_col, log=None)
     p = read_probabilities(pred, image_col, names)
     in_truth = set(t.names)
     extra = [n for n in p.index if n not in in_truth]

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_fast.data.table import read_csv_text, read_table
+from cxr_fast.data.csv_read import read_csv_text
+from cxr_fast.data.table import read_table
 from cxr_fast.errors import UserError
 from cxr_fast.evaluate.inputs import NOT_LABELS, read_probabilities
 
@@ -54,7 +55,7 @@ def read_run(run_dir: str | Path, labels: list[str] | None = None) -> RunOOF:
     fold_col = read_csv_text(oof_path, "predictions")
     folds = (pd.to_numeric(fold_col["fold"], errors="coerce").to_numpy() if "fold" in fold_col.columns
              else np.zeros(len(probs)))
-    t = read_table(truth_path, image_col=image_col, labels=names, uncertain="ignore", missing="ignore")
+    t = read_table(truth_path, image_col=image_col, labels=names, uncertain="ignore", missing="ignore", log=None)
     truth = pd.DataFrame(t.labels, index=pd.Index(t.names), columns=names)
     absent = [n for n in probs.index if n not in truth.index]
     if absent:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cxr_fast.errors import UserError
+from cxr_fast.errors import UserError, first_line
 from cxr_fast.images.dicom import read_dicom_gray8
 from cxr_fast.images.window import DEFAULT_MAX_PIXELS, ImageInfo, window_to_uint8
 
@@ -79,6 +79,6 @@ def read_gray8(
         raise UserError(f"{path}: image is above the limit of {max_pixels} pixels (decompression-bomb guard; "
                         f"raise it with --max_pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        raise UserError(f"{path}: cannot decode image ({first_line(e, 300, with_type=True)})"
                         ) from None
     return np.ascontiguousarray(arr), ImageInfo(width=w, height=h, bit_depth=depth)

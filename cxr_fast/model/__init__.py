@@ -7,7 +7,7 @@ from torch import nn
 
 from cxr_fast.model.refiner import LabelGraphRefiner
 
-__all__ = ["CXRClassifier", "LabelGraphRefiner", "unwrap"]
+__all__ = ["CXRClassifier", "LabelGraphRefiner", "build_model", "unwrap"]
 
 
 class CXRClassifier(nn.Module):
@@ -39,3 +39,17 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def build_model(config, n_labels: int, *, pretrained: bool | None = None) -> CXRClassifier:
+    """The one place a classifier is assembled (training, inference, benchmarks): `config` has the `TrainConfig`
+    fields model, in_chans, pretrained, weights, drop_rate, refiner, refiner_alpha. `pretrained=False` skips any
+    download or weights file (inference, where a checkpoint's weights are loaded next)."""
+    from cxr_fast.model.backbone import create_backbone
+
+    use_pretrained = config.pretrained if pretrained is None else pretrained
+    backbone = create_backbone(config.model, num_classes=n_labels, in_chans=int(config.in_chans),
+                               pretrained=use_pretrained, weights=config.weights if use_pretrained else None,
+                               drop_rate=float(config.drop_rate))
+    refiner = LabelGraphRefiner(n_labels, alpha=float(config.refiner_alpha)) if config.refiner else None
+    return CXRClassifier(backbone, refiner)

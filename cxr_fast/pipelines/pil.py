@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,12 @@ import torch
 from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from cxr_fast import seeds
 from cxr_fast.data.augment import AugmentSpec
-from cxr_fast.data.samples import SampleSet
+from cxr_fast.data.samples import Batch, Loader, SampleSet
 from cxr_fast.errors import UserError
 from cxr_fast.images.read import read_gray8
+from cxr_fast.shards import format as fmt
 from cxr_fast.shards.format import read_index
 
 
@@ -74,7 +77,7 @@ class _EpochDataset(Dataset):
         self.spec, self.seed = spec, seed
 
     def _rng(self, index: int, epoch: int) -> np.random.Generator | None:
-        return np.random.default_rng([self.seed, epoch, index]) if self.spec.train else None
+        return seeds.rng(self.seed, "augment", epoch, index) if self.spec.train else None
 
     def _out(self, arr: np.ndarray, labels: np.ndarray, index: int):
         return torch.from_numpy(arr).unsqueeze(0), torch.from_numpy(labels), index
@@ -131,8 +134,8 @@ class ShardDataset(_EpochDataset):
         img_ext = next((e for e in self.IMAGE_EXTS if e in comp), None)
         if img_ext is None or "labels" not in comp or "index" not in comp:
             raise UserError(f"{where}: missing image/labels/index component (has {sorted(comp)})")
-        labels = np.frombuffer(self._read(t, comp["labels"]), dtype="<f4").copy()
-        idx = int(np.frombuffer(self._read(t, comp["index"]), dtype="<i8")[0])
+        labels = np.frombuffer(self._read(t, comp["labels"]), dtype=fmt.LABEL_DTYPE).copy()
+        idx = int(np.frombuffer(self._read(t, comp["index"]), dtype=fmt.INDEX_DTYPE)[0])
         try:
             with Image.open(io.BytesIO(self._read(t, comp[img_ext]))) as im:
                 img = im.convert("L") if im.mode != "L" else im.copy()
@@ -165,7 +168,7 @@ class _EpochTagged(Sampler):
         if self.dist is not None:
             return list(self.dist)
         if self.train:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(seeds.derive(self.seed, "loader_order", self.epoch))
             return torch.randperm(self.n, generator=g).tolist()
         return range(self.n)
 
@@ -181,7 +184,7 @@ def _collate(batch):
     return torch.stack(images), torch.stack(labels), torch.tensor(index, dtype=torch.int64)
 
 
-class PILLoader:
+class PILLoader(Loader):
     """DataLoader wrapper honouring the loader contract (uint8 batches, on the device, known length)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, *, train: bool, num_workers: int,
@@ -201,11 +204,11 @@ class PILLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Batch]:
         nb = self.device.type == "cuda"
         for images, labels, index in self.loader:
-            yield (images.to(self.device, non_blocking=nb), labels.to(self.device, non_blocking=nb),
-                   index.to(self.device, non_blocking=nb))
+            yield Batch(images.to(self.device, non_blocking=nb), labels.to(self.device, non_blocking=nb),
+                        index.to(self.device, non_blocking=nb))
 
 
 def build_pil_loader(samples: SampleSet, spec: AugmentSpec, batch_size: int, device, *, num_workers: int = 4,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from cxr_fast.errors import UserError
+from cxr_fast.errors import UserError, first_line
 from cxr_fast.shards.format import FORMAT, MANIFEST, SAMPLES_COLUMNS, SAMPLES_CSV, VERSION
 from cxr_fast.shards.format import split_names as fmt_split_names
 
@@ -74,7 +74,7 @@ def read_samples(root: str | Path, label_names: list[str] | None = None) -> pd.D
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        raise UserError(f"{path}: unreadable ({first_line(e, 300, with_type=True)})"
                         ) from None
     if raw.shape[1] != len(SAMPLES_COLUMNS) + len(label_names):
         raise UserError(f"{path}: expected {len(SAMPLES_COLUMNS) + len(label_names)} columns, found {raw.shape[1]}")

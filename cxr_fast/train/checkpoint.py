@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from cxr_fast.atomic import atomic_path
-from cxr_fast.errors import UserError
+from cxr_fast.errors import UserError, first_line
 
 CHECKPOINT_VERSION = 1
 
@@ -46,9 +46,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise UserError(f"{path}: refused: the checkpoint needs pickle code execution to load "
-                        f"({str(e).splitlines()[0][:160]}); only weights_only checkpoints are accepted") from None
+                        f"({first_line(e, 160)}); only weights_only checkpoints are accepted") from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:160]})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({first_line(e, 160)})") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path}: not a cxr_fast checkpoint (top level is {type(ckpt).__name__})")
     return ckpt

@@ -1,5 +1,6 @@
-"""What `cxr-train --resume` needs: RNG states in a weights_only-loadable form, the checks that an interrupted run
-can be continued with these settings and folds, and trimming the log of epochs that will run again."""
+"""What `cxr-train --resume` needs: RNG states in a weights_only-loadable form, the check that an interrupted run
+keeps its folds (its settings: `config.config_differences`), the schedule's position, and trimming the log of epochs
+that will run again."""
 
 from __future__ import annotations
 
@@ -13,11 +14,6 @@ import torch
 
 from cxr_fast.atomic import write_text_atomic
 from cxr_fast.errors import UserError
-
-# Config keys that must match for --resume to continue a run.
-RESUME_KEYS = ("model", "img_size", "epochs", "batch_size", "lr", "folds", "seed", "loss", "labels", "in_chans",
-               "refiner", "ema", "pipeline", "train_csv", "train_dir", "shards", "image_col", "group_col",
-               "uncertain", "missing")
 
 
 def rng_state() -> dict:
@@ -41,15 +37,15 @@ def set_rng_state(s: dict) -> None:
     random.setstate((v, tuple(st), g))
 
 
-def check_config(cfg_path: Path, cfg: dict) -> None:
-    """UserError if the interrupted run's config.json differs from `cfg` in a setting that changes its results."""
-    if not cfg_path.exists():
-        return
-    old = json.loads(cfg_path.read_text())
-    diff = [k for k in RESUME_KEYS if old.get(k) != cfg.get(k)]
-    if diff:
-        raise UserError(f"{cfg_path}: --resume with different settings ({', '.join(diff)}); "
-                        f"use another --out_dir or drop --resume")
+def seek_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Put a per-step schedule (and its optimiser's lr) at global step `step`. A resumed run seeks to
+    epochs_done x steps_per_epoch *of this run*, so resuming on another number of processes gives the lr per epoch of
+    an uninterrupted run on that many, instead of carrying over a step count from another epoch length."""
+    scheduler.last_epoch = step
+    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
 
 
 def check_folds(folds_csv: Path, names: list[str], folds: np.ndarray, image_col: str) -> None:

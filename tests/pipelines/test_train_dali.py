@@ -15,7 +15,7 @@ from cxr_fast.cli import train as train_cli
 from cxr_fast.data.table import CHEXPERT_LABELS
 
 from ..conftest import FAST
-from ..test_ddp import _torchrun, check_ddp_outputs
+from ..test_ddp import ENTRY, _torchrun, check_ddp_outputs
 from ..test_resume import _cmd, _kill_when, _outputs
 
 pytest.importorskip("nvidia.dali")
@@ -100,6 +100,18 @@ def test_ddp_dali_two_processes(synth_data, synth_shards, tmp_path):
     r = _torchrun(synth_data, tmp_path, "dali", shards=synth_shards)
     assert r.returncode == 0, r.stderr[-3000:]
     check_ddp_outputs(synth_data, tmp_path, r.stdout)
+
+
+@pytest.mark.slow
+def test_ddp_waits_for_a_shard_build_longer_than_the_group_timeout(synth_data, tmp_path):
+    """Rank 0 builds the shards (made 8 s slower) while rank 1 waits; the process group's timeout is 3 s. The wait is
+    on a long-timeout gloo group, so the job trains instead of dying in the first collective."""
+    out = tmp_path / "out"
+    r = _torchrun(synth_data, out, "dali", entry=(ENTRY,), extra_args=["--shards_root", str(tmp_path / "shards")],
+                  extra_env={"CXR_FAST_SLOW_SHARDS_S": "8", "CXR_FAST_DIST_TIMEOUT_S": "3"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    check_ddp_outputs(synth_data, out, r.stdout)
+    assert len(list((tmp_path / "shards").glob("*/manifest.json"))) == 1  # built once, by rank 0
 
 
 @pytest.mark.slow

@@ -1,0 +1,104 @@
+"""The run folder (`--out_dir`): every file name a run writes, the set-up of a fresh or resumed folder (config,
+folds.csv, stale-file clean-up), and the per-epoch log. Only rank 0 writes here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from cxr_fast import dist
+from cxr_fast.atomic import atomic_path, write_json_atomic
+from cxr_fast.data.folds import write_folds_csv
+from cxr_fast.errors import UserError
+from cxr_fast.train import resume
+from cxr_fast.train.config import TrainConfig, config_differences
+
+
+class RunFolder:
+    def __init__(self, out_dir: str | Path, model_name: str):
+        self.root = Path(out_dir)
+        self.model_name = model_name
+        self.state = self.root / "state"
+        self.config = self.root / "config.json"
+        self.folds_csv = self.root / "folds.csv"
+        self.metrics = self.root / "metrics.jsonl"
+        self.last = self.root / "last.pth"
+        self.oof = self.root / "oof.csv"
+        self.oof_labels = self.root / "oof_labels.csv"
+        self.cv_summary = self.root / "cv_summary.json"
+        self.thresholds = self.root / "thresholds.json"
+        self.report = self.root / "report.html"
+
+    def checkpoint(self, k: int) -> Path:
+        """The best-epoch checkpoint of fold k (1-based)."""
+        return self.root / f"{self.model_name}_fold{k}.pth"
+
+    def fold_summary(self, k: int) -> Path:
+        return self.state / f"fold{k}.json"
+
+    def fold_oof(self, k: int) -> Path:
+        return self.state / f"fold{k}_oof.npz"
+
+    def prepare(self, cfg: TrainConfig, names: list[str], folds: np.ndarray) -> None:
+        """Rank 0: a fresh run removes what an earlier run left (its state, last.pth, metrics); a resumed one checks
+        that its settings and folds are those of the interrupted run. Then config.json and folds.csv are written."""
+        if dist.is_main():
+            self.root.mkdir(parents=True, exist_ok=True)
+            if cfg.resume:
+                self._check_resumable(cfg)
+            else:
+                for stale in (self.state, self.last, self.metrics):
+                    if stale.is_dir():
+                        shutil.rmtree(stale)
+                    elif stale.exists():
+                        stale.unlink()
+            self.state.mkdir(exist_ok=True)
+            if cfg.resume:
+                resume.check_folds(self.folds_csv, names, folds, cfg.image_col)
+            write_json_atomic(self.config, cfg.to_dict())
+            write_folds_csv(self.folds_csv, names, folds, image_col=cfg.image_col)
+        dist.barrier()
+
+    def _check_resumable(self, cfg: TrainConfig) -> None:
+        if not self.config.exists():
+            return
+        try:
+            old = json.loads(self.config.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{self.config}: unreadable ({e}); use another --out_dir or drop --resume") from None
+        diff = config_differences(old, cfg)
+        if diff:
+            raise UserError(f"{self.config}: --resume with different settings than the interrupted run: {'; '.join(diff)}"
+                            f" (use another --out_dir, drop --resume, or go back to those settings)")
+
+    def append_metrics(self, rec: dict) -> None:
+        if dist.is_main():
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def save_fold_result(self, k: int, result: dict, index: np.ndarray, probs: np.ndarray) -> None:
+        if dist.is_main():
+            with atomic_path(self.fold_oof(k)) as tmp, open(tmp, "wb") as f:
+                np.savez(f, index=index, probs=probs)
+            write_json_atomic(self.fold_summary(k), result)
+
+    def completed_fold(self, k: int) -> dict | None:
+        """A finished fold's summary (for --resume), or None."""
+        done = self.fold_summary(k)
+        if done.exists() and self.checkpoint(k).exists():
+            return json.loads(done.read_text())
+        return None
+
+    def load_oof(self, folds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(index, probs) of the finished folds' best-epoch validation predictions, sorted by index."""
+        idx, probs = [], []
+        for k in folds:
+            z = np.load(self.fold_oof(k))
+            idx.append(z["index"])
+            probs.append(z["probs"])
+        index = np.concatenate(idx)
+        order = np.argsort(index)
+        return index[order], np.concatenate(probs)[order]
