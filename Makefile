@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 DEMO   ?= demo
 ARGS   ?=
 
-.PHONY: demo test test-all bench install lint clean gpu-check
+.PHONY: demo demo-compare test test-all bench install lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,8 @@ demo: install
 	$(PY) -m cxr_fast.cli.predict --checkpoints "$(DEMO)/outputs/resnet18_fold*.pth" --test_dir $(DEMO)/data/test \
 	    --pipeline pil --num_workers 2 --out_csv $(DEMO)/submission_predict.csv
 	$(PY) -m cxr_fast.cli.couplings $(DEMO)/outputs/resnet18_fold*.pth --out $(DEMO)/couplings.png
+	$(PY) -m cxr_fast.cli.eval --pred $(DEMO)/submission.csv --truth $(DEMO)/data/test_labels.csv \
+	    --thresholds $(DEMO)/outputs/thresholds.json --out $(DEMO)/eval.json --report $(DEMO)/eval.html
 	@echo
 	@echo "demo outputs:"
 	@echo "  synthetic data      $(DEMO)/data (train.csv, train/, test/, test_labels.csv, couplings.json)"
@@ -34,6 +36,14 @@ demo: install
 	@echo "  checkpoints + logs  $(DEMO)/outputs (resnet18_fold*.pth, oof.csv, cv_summary.json, metrics.jsonl)"
 	@echo "  submission          $(DEMO)/submission.csv (cxr-train), $(DEMO)/submission_predict.csv (cxr-predict)"
 	@echo "  couplings           $(DEMO)/couplings.png, $(DEMO)/couplings.json"
+	@echo "  evidence            $(DEMO)/outputs/report.html (CV, OOF CIs, thresholds), $(DEMO)/eval.json + eval.html (test set)"
+
+# The refiner ablation on the demo's folds: the same run with --no-refiner, then a paired comparison (after make demo)
+demo-compare: install
+	$(PY) -m cxr_fast.cli.train --shards $(DEMO)/shards --pipeline dali --model resnet18 --no-pretrained \
+	    --img_size 128 --epochs 6 --batch_size 32 --lr 1e-3 --ema_decay 0.99 --num_workers 2 --no-refiner \
+	    --out_dir $(DEMO)/outputs_norefiner --out_csv $(DEMO)/submission_norefiner.csv $(ARGS)
+	$(PY) -m cxr_fast.cli.compare $(DEMO)/outputs $(DEMO)/outputs_norefiner --out $(DEMO)/compare.json
 
 test: install
 	$(PY) -m pytest -q

@@ -106,8 +106,8 @@ def make_folds(
 
     MIS (iterative-stratification) is used unless some label has fewer positives than folds, in which case the
     pattern-stratified fallback is used. With a single label column (which iterative stratification refuses as a
-    'binary' target), sklearn's StratifiedKFold on that label is used instead of MIS. With `groups`, folds are assigned per group (labels aggregated by max),
-    so no group is split across folds. Either split is then polished by `_rebalance`, so each label's positives
+    'binary' target), sklearn's StratifiedKFold on that label is used instead of MIS. With `groups`, folds are
+    assigned per group (labels aggregated by max), so no group is split across folds. Either split is then polished by `_rebalance`, so each label's positives
     differ by at most about 1 between folds.
     """
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold

@@ -1,7 +1,8 @@
 """Checkpoints: atomic writes, safe (weights_only) loads, and the keys users and `cxr-predict` rely on.
 
 Best-of-fold `{model}_fold{K}.pth` keys: model (backbone state dict, EMA weights when EMA is on), refiner (its state
-dict, with "A"; None with --no-refiner), labels, config, fold, epoch, val_auc, val_auc_per_label, format_version.
+dict, with "A"; None with --no-refiner), labels, config, fold, epoch, val_auc, val_auc_per_label, format_version,
+and that epoch's validation predictions oof_index (sample indices) and oof_probs (added by `train.fold`).
 """
 
 from __future__ import annotations

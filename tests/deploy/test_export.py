@@ -18,19 +18,15 @@ from cxr_fast.deploy.export import read_metadata, run_exported
 
 from .conftest import LABELS, SIZE, THRESHOLDS, make_checkpoint
 
-# The README's example, run as written on an exported model and an 8-bit PNG
-README_SNIPPET = '''
-import json, numpy as np, onnxruntime as ort
-from PIL import Image
-sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
-meta = sess.get_modelmeta().custom_metadata_map
-labels, size = json.loads(meta["labels"]), int(meta["img_size"])
-img = Image.open("chest.png").convert("L").resize((size, size), Image.BILINEAR)  # as cxr-predict
-x = np.asarray(img, dtype=np.uint8)[None, None]  # uint8 (1, 1, S, S)
-probs = sess.run(["probs"], {"images": x})[0][0]
-for name, p in zip(labels, probs):
-    print(f"{name:28s} {p:.3f}")
-'''
+
+def _readme_snippet() -> str:
+    """The README's onnxruntime example (the python block after its `onnx-example` marker), run as written."""
+    text = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("<!-- onnx-example"):]
+    return block[block.index("```python\n") + 10:block.index("\n```", block.index("```python"))] + "\n"
+
+
+README_SNIPPET = _readme_snippet()
 
 
 def _predict(run_dir: Path, images: Path, out_csv: Path, tta: bool) -> pd.DataFrame:

@@ -130,3 +130,12 @@ def test_seek_schedule_gives_an_uninterrupted_runs_lr_after_a_resume():
     # 3-4 is that of an uninterrupted 2-process run, not a continuation of the 1-process step count.
     assert _lrs(5, 4, start_epoch=2) == pytest.approx(_lrs(5, 4)[10:])
     assert _lrs(10, 4, start_epoch=3) == pytest.approx(_lrs(10, 4)[30:])
+
+
+def test_the_shipped_example_config_parses():
+    pytest.importorskip("yaml")
+    from pathlib import Path
+
+    cfg = parse_config(["--config", str(Path(__file__).parents[2] / "examples" / "run.yaml"), "--epochs", "1"])
+    assert (cfg.model, cfg.group_col, cfg.lr, cfg.folds, cfg.epochs) == ("tf_efficientnet_b4_ns", "Patient ID",
+                                                                         4e-4, 5, 1)
