@@ -76,3 +76,45 @@ def test_failing_rank_ends_the_job(synth_data, tmp_path):
     assert r.returncode != 0
     assert "injected failure on rank 1" in r.stderr
     assert time.time() - t0 < 120
+
+
+def _lr_per_epoch(out):
+    import json
+
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    return {(r["fold"], r["epoch"]): r["lr"] for r in recs}
+
+
+@pytest.mark.slow
+def test_resume_on_another_number_of_processes_keeps_the_lr_per_epoch(synth_data, tmp_path):
+    """A 1-process run interrupted after epoch 1 of 3, resumed on 2 processes: epochs 2-3 train with the lr of an
+    uninterrupted 2-process run (the schedule is re-derived for the new epoch length), and the log says so. Carrying
+    the 1-process step count over (twice the steps per epoch) would end epoch 2 at the schedule's end, lr 0."""
+    import torch
+
+    from cxr_fast.cli import train as train_cli
+
+    one = tmp_path / "one"
+    common = ["--epochs", "3", "--folds_to_run", "1", "--patience", "0", "--warmup_epochs", "0"]
+    argv = ["--train_csv", str(synth_data / "train.csv"), "--train_dir", str(synth_data / "train"), "--pipeline",
+            "pil", "--out_dir", str(one), *ARGS, *common]
+    assert train_cli.main(argv) == 0
+    last = torch.load(one / "last.pth", weights_only=True)
+    torch.save({**last, "epoch": 1}, one / "last.pth")  # as if killed after epoch 1
+    (one / "state" / "fold1.json").unlink()
+    src = ["--train_csv", str(synth_data / "train.csv"), "--train_dir", str(synth_data / "train")]
+    two_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    tail = ["-m", "cxr_fast.train", *src, "--pipeline", "pil", *ARGS, *common]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([*two_cmd, "--master_port", str(_free_port()), *tail, "--out_dir", str(one), "--resume"],
+                       capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "the interrupted run had 1 process(es), this one 2" in r.stdout
+    ref = tmp_path / "two"
+    r = subprocess.run([*two_cmd, "--master_port", str(_free_port()), *tail, "--out_dir", str(ref)],
+                       capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed, uninterrupted = _lr_per_epoch(one), _lr_per_epoch(ref)
+    for epoch in (2, 3):
+        assert resumed[(1, epoch)] == pytest.approx(uninterrupted[(1, epoch)], rel=1e-9, abs=1e-12)
+    assert 0 < resumed[(1, 2)] < resumed[(1, 1)]  # the cosine moved on, and epoch 2 did not train at lr 0

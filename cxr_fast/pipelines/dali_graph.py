@@ -26,16 +26,15 @@ antialiasing the spec asks for "where the kernel offers it" (mild aliasing: a 51
 output). On a GPU, where passes are cheap, the spec is followed exactly: linear antialiased resize, then the
 nearest warp for rotation + flip only. Either way the flip is a negative x scale in the warp matrix, not a pass.
 
-Every random operator has its own seed derived from (seed, rank, operator), so the two decode forms and the two warp
-forms draw the same numbers.
+Every random operator has its own seed, `seeds.derive(seed, "dali_augment", rank, operator)` (the reader's from the
+"dali_reader" stream), so the two decode forms and the two warp forms draw the same numbers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from cxr_fast import seeds
 from cxr_fast.data.augment import AugmentSpec
 from cxr_fast.data.samples import SampleSet
 from cxr_fast.errors import UserError
@@ -76,11 +75,6 @@ def shard_sample_counts(shards: list[tuple[Path, Path]]) -> list[int]:
     from cxr_fast.shards.format import index_sample_count
 
     return [index_sample_count(idx) for _, idx in shards]
-
-
-def _seed(*parts: int) -> int:
-    """A 31-bit seed derived from integers (DALI seeds are non-negative int32-range values)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def decode_crop(encoded, spec: AugmentSpec, decode_kw: dict, decode: str, seed: int):
@@ -179,19 +173,21 @@ def build_pipeline(samples: SampleSet, spec: AugmentSpec, batch_size: int, *, nu
     gpu = device_id is not None
     form = resolve_decode(decode, gpu)
     pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                         seed=_seed(seed, rank, 1), prefetch_queue_depth=prefetch)
+                         seed=seeds.derive(seed, "dali_augment", rank), prefetch_queue_depth=prefetch)
     decode_kw = _decode_kw(samples, gpu, hw_decoder_load)
     with pipe:
         shuffle = {"random_shuffle": True, "initial_fill": max(max(counts), batch_size), "shuffle_after_epoch": True,
-                   "shuffle_after_epoch_seed": _seed(seed, 2)} if spec.train else {"stick_to_shard": True}
+                   "shuffle_after_epoch_seed": seeds.derive(seed, "dali_reader")} if spec.train else {
+                       "stick_to_shard": True}
         encoded, labels, index = fn.readers.webdataset(
             paths=[str(t) for t, _ in samples.shards], index_paths=[str(i) for _, i in samples.shards],
             ext=["jpg;png", "labels", "index"], dtypes=[types.UINT8, types.FLOAT, types.INT64],
             missing_component_behavior="error", shard_id=rank, num_shards=world, pad_last_batch=True,
-            name=READER, seed=_seed(seed, rank, 3), **shuffle)
+            name=READER, seed=seeds.derive(seed, "dali_reader", rank), **shuffle)
         fused = (not gpu) if fused_warp is None else fused_warp
         if spec.train:
-            images = _train_images(encoded, spec, decode_kw, fused, form, lambda k: _seed(seed, rank, k))
+            op_seed = lambda k: seeds.derive(seed, "dali_augment", rank, k)  # one seed per operator
+            images = _train_images(encoded, spec, decode_kw, fused, form, op_seed)
         else:
             images = _eval_images(encoded, spec, decode_kw)
         if gpu:

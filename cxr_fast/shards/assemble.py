@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_fast import seeds
 from cxr_fast.atomic import atomic_path
 from cxr_fast.progress import progress_bar
 from cxr_fast.shards import format as fmt
@@ -21,9 +22,10 @@ def plan_shards(ok_train: np.ndarray, fold_of_ok: np.ndarray, ok_test: np.ndarra
                 per_shard: int) -> list[tuple[str, int | None, int, np.ndarray]]:
     """(split, fold, shard number, rows) of every tar, in manifest order (fold1.., foldK.., test..).
 
-    One permutation of the accepted training rows, then one of the accepted test images, from `default_rng(seed)`.
+    One permutation of the accepted training rows, then one of the accepted test images, from the run seed's
+    "shard_shuffle" stream (`cxr_fast.seeds`).
     """
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed, "shard_shuffle")
     perm = rng.permutation(len(ok_train))
     order_test = ok_test[rng.permutation(len(ok_test))]
     plan = []

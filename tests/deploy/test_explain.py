@@ -154,7 +154,7 @@ def test_bad_inputs(run_dir, test_images, tmp_path, capsys):
 def test_dicom_input(run_dir, tmp_path):
     """DICOM goes through the training reader; the map has the DICOM's own size."""
     pytest.importorskip("pydicom")
-    dcm = Path(__file__).parents[1] / "data" / "Fake_MONOHR1.dcm"
+    dcm = Path(__file__).parents[1] / "assets" / "Fake_MONOHR1.dcm"
     out = tmp_path / "dcm"
     assert explain_cli.main(["--checkpoint", str(run_dir / "test_resnet_fold1.pth"), "--images", str(dcm),
                              "--labels", "No Finding", "--out", str(out), "--device", "cpu"]) == 0

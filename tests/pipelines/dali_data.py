@@ -1,6 +1,6 @@
 """Self-checking data for the DALI tests: sample i of the synthetic set is a flat grey image of level 20 + 5 i whose
 labels are the bits of i (plus an "uncertain" column that is NaN for every third i), so any image/label/index mix-up
-shows; the "real" set is two NIH radiographs (tests/data) and shifted copies as 512 px grey JPEG shards."""
+shows; the "real" set is two NIH radiographs (tests/assets) and shifted copies as 512 px grey JPEG shards."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def make_synth(root: Path) -> SampleSet:
 
 def make_real(root: Path) -> tuple[SampleSet, list[np.ndarray]]:
     """The two NIH radiographs and shifted copies (8 samples), as 512 px grey JPEG shards."""
-    src = [Path(__file__).parent.parent / "data" / n for n in REAL]  # shipped in tests/data (see its README)
+    src = [Path(__file__).parent.parent / "assets" / n for n in REAL]  # shipped in tests/assets (see its README)
     base = [np.asarray(Image.open(p).convert("L")) for p in src]
     images = [np.ascontiguousarray(np.roll(base[i % 2], 7 * i, axis=1)) for i in range(8)]
     out = write_set(root, images, [["0", "1", "0", "1"]] * 8, folds=2, seed=0, resize=512,

@@ -16,7 +16,7 @@ from cxr_fast.data.table import CHEXPERT_LABELS
 
 from ..conftest import FAST
 from ..test_ddp import ENTRY, _torchrun, check_ddp_outputs
-from ..test_resume import _cmd, _kill_when, _outputs
+from ..train.test_resume import _cmd, _kill_when, _outputs
 
 pytest.importorskip("nvidia.dali")
 
@@ -74,7 +74,7 @@ def test_predict_with_dali_matches_pil(dali_run, tmp_path):
 
 def test_real_radiographs_through_shards_dali_and_engine(tmp_path):
     """The two real NIH images (as 12 training rows) -> cxr-shard -> DALI -> engine, one epoch."""
-    src = pytest.importorskip("pathlib").Path(__file__).parent.parent / "data"
+    src = pytest.importorskip("pathlib").Path(__file__).parent.parent / "assets"
     real = sorted(src.glob("0000*.png")) + sorted(src.glob("0002*.png"))
     assert len(real) == 2
     (tmp_path / "img" / "sub dir").mkdir(parents=True)

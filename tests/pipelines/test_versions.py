@@ -35,6 +35,22 @@ def test_check_torch_refuses_old():
     assert versions.check_torch() and versions.check_torch("2.4.0") == "2.4.0"
 
 
+@pytest.mark.parametrize("cli", ["train", "predict"])
+def test_train_and_predict_stop_at_start_up_on_an_old_torch(cli, monkeypatch, tmp_path, capsys):
+    import importlib
+
+    import torch
+
+    main = importlib.import_module(f"cxr_fast.cli.{cli}").main
+    monkeypatch.setattr(torch, "__version__", "2.1.2")
+    argv = (["--train_csv", str(tmp_path / "t.csv"), "--train_dir", str(tmp_path)] if cli == "train"
+            else ["--checkpoints", str(tmp_path / "x.pth"), "--test_dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0 and f"needs torch>={versions.TORCH_MIN}" in err
+
+
 def test_old_dali_fails_at_loader_build_not_in_the_graph(monkeypatch):
     """require_dali() (called first by build_dali_loader, build_pipeline and the CLIs) reads nvidia.dali.__version__:
     an old one stops there with the one-line error, before any operator is created."""

@@ -15,7 +15,7 @@ from cxr_fast.cli import predict as predict_cli
 from cxr_fast.cli import train as train_cli
 from cxr_fast.data.table import CHEXPERT_LABELS
 
-from .conftest import train_pil as _train
+from ..conftest import train_pil as _train
 
 
 def test_outputs_and_checkpoint_keys(pil_run):

@@ -21,7 +21,7 @@ from cxr_fast.data.table import CHEXPERT_LABELS, read_table
 from cxr_fast.errors import UserError
 from cxr_fast.images.read import read_gray8
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "assets"
 NIH_ALL = NIH_LABELS + ["No Finding"]
 
 
@@ -165,7 +165,7 @@ def test_nih_missing_images(tmp_path, capsys):
 
 def test_tools_script_runs(tmp_path):
     root = write_nih(tmp_path / "nih", NIH_ROWS[:3])
-    script = Path(__file__).parents[1] / "tools" / "convert_nih.py"
+    script = Path(__file__).parents[2] / "tools" / "convert_nih.py"
     r = subprocess.run([sys.executable, str(script), "--root", str(root), "--out", str(tmp_path / "o.csv")],
                        check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

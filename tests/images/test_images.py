@@ -11,7 +11,7 @@ from PIL import Image
 from cxr_fast.errors import UserError
 from cxr_fast.images.read import ImageInfo, read_gray8, window_to_uint8
 
-NIH_SAMPLE = Path(__file__).parent / "data" / "00000001_000.png"
+NIH_SAMPLE = Path(__file__).parents[1] / "assets" / "00000001_000.png"
 
 
 def noise(seed: int, shape=(48, 64), dtype=np.uint8, lo: int = 0, hi: int = 256) -> np.ndarray:
@@ -104,7 +104,7 @@ def test_exotic_file_name(tmp_path):
     np.testing.assert_array_equal(read_gray8(d / "ü.png")[0], noise(6))
 
 
-@pytest.mark.skipif(not NIH_SAMPLE.is_file(), reason="tests/data/00000001_000.png not copied in yet")
+@pytest.mark.skipif(not NIH_SAMPLE.is_file(), reason="tests/assets/00000001_000.png not copied in yet")
 def test_real_nih_radiograph():
     arr, info = read_gray8(NIH_SAMPLE)
     assert arr.dtype == np.uint8 and arr.shape == (info.height, info.width)

@@ -104,7 +104,7 @@ def _metrics(out):
 
 
 def test_resume_keeps_other_folds_metrics_and_an_early_stop(synth_data, tmp_path):
-    from .conftest import train_pil
+    from ..conftest import train_pil
 
     assert train_pil(synth_data, tmp_path, "--epochs", "2", "--folds_to_run", "2") == 0
     assert train_pil(synth_data, tmp_path, "--epochs", "2", "--folds_to_run", "1", "--resume") == 0

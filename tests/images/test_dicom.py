@@ -17,7 +17,7 @@ pydicom = pytest.importorskip("pydicom")
 Dataset, FileMetaDataset = pydicom.dataset.Dataset, pydicom.dataset.FileMetaDataset
 ExplicitVRLittleEndian, generate_uid = pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.generate_uid
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "assets"
 MONO2 = DATA / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 MONO1_FAKE = DATA / "Fake_MONOHR1.dcm"
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation

@@ -17,7 +17,7 @@ from cxr_fast.cli import couplings as couplings_cli
 from cxr_fast.cli import predict as predict_cli
 from cxr_fast.cli import train as train_cli
 
-from .conftest import FAST
+from ..conftest import FAST
 
 
 def _exit2(capsys, fn, argv, needle):
