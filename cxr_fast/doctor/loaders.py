@@ -47,7 +47,7 @@ def measure(loader, seconds: float, device: torch.device, warm: int = 2) -> dict
                         torch.cuda.synchronize(device)
                     t0 = time.perf_counter()
                 continue
-            images += batch[0].shape[0]
+            images += batch.images.shape[0]
             if time.perf_counter() - t0 >= seconds:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # sync point: DALI and the copies run ahead of the host

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from cxr_fast.data.augment import AugmentSpec
-from cxr_fast.data.samples import SampleSet
+from cxr_fast.data.samples import Batch, Loader, SampleSet
 from cxr_fast.errors import UserError
 from cxr_fast.pipelines.dali_errors import loader_error
 from cxr_fast.pipelines.dali_graph import (  # noqa: F401  (build_pipeline, require_dali: this module's API too)
@@ -47,7 +47,7 @@ from cxr_fast.pipelines.dali_graph import (  # noqa: F401  (build_pipeline, requ
 OUTPUTS = ("images", "labels", "index")
 
 
-class DALILoader:
+class DALILoader(Loader):
     """The loader contract over a DALI pipeline: `len()`, `num_samples`, `set_epoch`, batches on the device."""
 
     def __init__(self, pipe, *, num_samples: int, num_batches: int, num_labels: int, device: torch.device,
@@ -90,14 +90,14 @@ class DALILoader:
                 break
         self._mid_epoch = False
 
-    def _unpack(self, out: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _unpack(self, out: dict) -> Batch:
         images, labels, index = out["images"], out["labels"], out["index"]
         b, s = images.shape[0], images.shape[1]
         if labels.ndim != 2 or labels.shape[1] != self._num_labels:
             raise UserError(f"shards hold {tuple(labels.shape[1:])} label values per sample, the sample list "
                             f"{self._num_labels}: shards and manifest/samples.csv disagree")
         # (B, S, S, 1) and (B, 1, S, S) share one memory layout when C = 1: a free view.
-        return images.view(b, 1, s, s), labels, index.view(b)
+        return Batch(images.view(b, 1, s, s), labels, index.view(b))
 
     def __iter__(self):
         if self._mid_epoch:  # the previous pass was abandoned early

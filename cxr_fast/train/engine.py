@@ -115,10 +115,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     t_start = time.perf_counter()
     try:
         for i, batch in enumerate(_batches(loader, wait)):
-            skipped = train_step(batch[0], batch[1], step)
+            skipped = train_step(batch.images, batch.labels, step)
             _advance(scheduler, skipped)
             step += 1
-            images += batch[0].shape[0]
+            images += batch.images.shape[0]
             bar.update(1)
             if (i + 1) % check_every == 0:
                 train_step.tally.read()  # the device path's periodic sync: divergence check and the bar's loss

@@ -30,15 +30,15 @@ def _infer(model: nn.Module, loader: Iterable, amp: Amp, in_chans: int, tta: boo
     bar = loader_bar(loader, progress, "eval")
     try:
         for batch in loader:
-            x = normalize(batch[0], in_chans, memory_format=memory_format)
+            x = normalize(batch.images, in_chans, memory_format=memory_format)
             with amp.autocast():
                 p = torch.sigmoid(model(x).float())
                 if tta:  # flip on the device; the refiner sees each view's own logits
                     p = 0.5 * (p + torch.sigmoid(model(x.flip(-1)).float()))
             probs.append(p)  # stays on the device: one transfer at the end, not one sync per batch
             if want_labels:
-                labels.append(batch[1])
-            index.append(batch[-1])
+                labels.append(batch.labels)
+            index.append(batch.index)
             bar.update(1)
     finally:
         bar.close()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from cxr_fast.data.samples import Batch
 from cxr_fast.model import CXRClassifier
 from cxr_fast.model.backbone import create_backbone
 from cxr_fast.model.ema import ModelEma
@@ -24,7 +25,7 @@ CPU = torch.device("cpu")
 
 
 class TensorLoader:
-    """A tiny in-memory loader that follows the pipeline contract: (uint8 images, float labels, int64 index)."""
+    """A tiny in-memory loader that follows the pipeline contract: Batch(uint8 images, float labels, int64 index)."""
 
     def __init__(self, images, labels, batch_size, shuffle=False, seed=0):
         self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
@@ -41,7 +42,7 @@ class TensorLoader:
         order = torch.randperm(self.num_samples, generator=self.gen) if self.shuffle else torch.arange(self.num_samples)
         for i in range(len(self)):
             j = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.images[j], self.labels[j], j
+            yield Batch(self.images[j], self.labels[j], j)
 
 
 class TinyBackbone(nn.Module):
