@@ -111,6 +111,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank; `[obj]` without a process group."""
+    if world() <= 1:
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def gather_predictions(*arrays: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, ...]:
     """Gather per-rank (probs, labels, ...) and index from every rank, drop the duplicates that distributed samplers
     pad with, and return them sorted by index - the same count and order as a single-process run."""

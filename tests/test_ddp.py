@@ -115,6 +115,8 @@ def test_resume_on_another_number_of_processes_keeps_the_lr_per_epoch(synth_data
                        capture_output=True, text=True, timeout=300, env=env, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     resumed, uninterrupted = _lr_per_epoch(one), _lr_per_epoch(ref)
+    per_rank = torch.load(one / "last.pth", weights_only=True)["rng_per_rank"]  # each rank's own streams
+    assert len(per_rank) == 2 and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
     for epoch in (2, 3):
         assert resumed[(1, epoch)] == pytest.approx(uninterrupted[(1, epoch)], rel=1e-9, abs=1e-12)
     assert 0 < resumed[(1, 2)] < resumed[(1, 1)]  # the cosine moved on, and epoch 2 did not train at lr 0

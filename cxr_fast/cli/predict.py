@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
+from pathlib import Path
 
 from cxr_fast.cli.common import nonneg_int, positive_int
 from cxr_fast.errors import UserError, cli_entry
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     from cxr_fast import versions
-    from cxr_fast.data.run_data import shard_resize, test_file_set
+    from cxr_fast.data.run_data import checked_test_names, shard_resize, test_file_set
     from cxr_fast.inference import ensemble_predict, load_fold_checkpoints, write_predictions_csv
     from cxr_fast.train.run import resolve_device
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             _say_left_out([(r["name"], r["reason"]) for r in manifest["rejected"]])
             samples, names = _shard_test_set(shards, labels)
         else:
-            names = _readable_test_images(args.test_dir, args.skip_bad)
+            names = checked_test_names(args.test_dir, args.skip_bad)  # a bad image stops us before inference
             samples = test_file_set(args.test_dir, names, len(labels))
         index, probs = ensemble_predict(ckpts, samples, pipeline=args.pipeline, batch_size=args.batch_size,
                                         device=device, tta=args.tta, num_workers=args.num_workers,
@@ -92,31 +93,17 @@ def _threshold_vector(args, labels: list[str]):
         if args.out_decisions:
             raise UserError("--out_decisions needs --thresholds (a run's thresholds.json)")
         return None
+    if args.out_decisions and Path(args.out_decisions).resolve() == Path(args.out_csv).resolve():
+        raise UserError(f"--out_decisions {args.out_decisions} is --out_csv: give the decisions their own file")
     from cxr_fast.evaluate.thresholds import load_thresholds, threshold_vector
 
     return threshold_vector(load_thresholds(args.thresholds, labels), labels, args.operating_point)
 
 
 def _decisions_path(out_csv: str) -> str:
-    return out_csv[:-4] + "_decisions.csv" if out_csv.endswith(".csv") else out_csv + "_decisions.csv"
-
-
-def _readable_test_images(test_dir: str, skip_bad: bool) -> list[str]:
-    """The test folder's images. Without --skip_bad an unreadable one stops the loader, naming it; with it, every
-    image is decoded once first and the unreadable ones are left out and listed."""
-    from pathlib import Path
-
-    from cxr_fast.data.table import list_test_images
-    from cxr_fast.images.check import unreadable
-
-    names = list_test_images(test_dir)
-    if not skip_bad:
-        return names
-    bad = unreadable([Path(test_dir) / n for n in names])
-    _say_left_out([(names[i], why) for i, why in sorted(bad.items())])
-    if len(bad) == len(names):
-        raise UserError(f"{test_dir}: none of the {len(names)} test images can be read")
-    return [n for i, n in enumerate(names) if i not in bad]
+    """`sub.csv` -> `sub_decisions.csv` (any case of the suffix)."""
+    p = Path(out_csv)
+    return str(p.with_name(f"{p.stem if p.suffix.lower() == '.csv' else p.name}_decisions.csv"))
 
 
 def _say_left_out(bad: list[tuple[str, str]]) -> None:

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Settings of one invocation, not of a run: a file never sets them (a resumed run's config.json has resume: true).
+PER_INVOCATION = ("resume", "config")
+
+
 def _apply_config_file(p: argparse.ArgumentParser, path: str) -> None:
     """The file's settings become the parser's defaults (so command-line flags win), each checked by its flag."""
     values = read_config_file(path)
@@ -83,10 +87,19 @@ def _apply_config_file(p: argparse.ArgumentParser, path: str) -> None:
     unknown = sorted(set(values) - set(TrainConfig.field_names()))
     if unknown:
         raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)} (settings are cxr-train's flag names)")
+    for key in PER_INVOCATION:  # a run's own config.json records them; they never come from a file
+        values.pop(key, None)
     for key, v in values.items():
         if key == "labels" and isinstance(v, list):
             v = ",".join(map(str, v))
         a = actions[key]
+        if a.nargs == 0:  # an on/off flag
+            if v is not None and not isinstance(v, bool):
+                raise UserError(f"{path}: {key}: give true or false, not {v!r}")
+            values[key] = v
+            continue
+        if v is not None and a.type is None:
+            v = str(v)  # e.g. YAML's `folds_to_run: 1` or `group_col: 7`
         if v is not None and a.type is not None and not isinstance(v, bool):
             try:
                 v = a.type(str(v))
@@ -114,11 +127,13 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return cfg
 
 
-def _load_data(cfg: TrainConfig):
+def _load_data(cfg: TrainConfig, shards=None):
+    """The run's data: from `--shards` (or the shards built for this CSV, `shards`), else the CSV and image files."""
     from cxr_fast.data.run_data import from_csv, from_shards
 
-    if cfg.shards is not None:
-        return from_shards(cfg.shards, labels=cfg.labels, test_dir=cfg.test_dir, skip_bad=cfg.skip_bad)
+    shards = shards or cfg.shards
+    if shards is not None:
+        return from_shards(shards, labels=cfg.labels, test_dir=cfg.test_dir, skip_bad=cfg.skip_bad)
     return from_csv(cfg.train_csv, cfg.train_dir, cfg.test_dir, image_col=cfg.image_col, labels=cfg.labels,
                     uncertain=cfg.uncertain, missing=cfg.missing, group_col=cfg.group_col, folds=cfg.folds,
                     seed=cfg.seed, skip_bad=cfg.skip_bad)
@@ -146,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     device = dist.setup(device.type) or device
     configure_cuda(fixed_size=True)  # every training/eval batch is img_size x img_size: cudnn.benchmark pays
     try:
-        if cfg.pipeline == "dali" and cfg.shards is None:
-            shards = shards_for_training(cfg, build=dist.is_main())
+        built = None  # shards built (or reused) for this CSV; config.json keeps --shards as given (None), so the
+        if cfg.pipeline == "dali" and cfg.shards is None:  # run's config.json stays a valid --config for a new CSV
+            built = shards_for_training(cfg, build=dist.is_main())
             dist.wait_for_main()  # rank 0 may be packing a whole CheXpert/NIH set meanwhile (hours)
-            dist.check_shared(shards, "--shards_root")
-            cfg = cfg.replace(shards=str(shards))
-        data = _load_data(cfg)
+            dist.check_shared(built, "--shards_root")
+        data = _load_data(cfg, built)
         cfg = cfg.replace(labels=list(data.label_names))
         Run(cfg, data, device).run()
         dist.finish()

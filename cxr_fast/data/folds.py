@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_fast.atomic import atomic_path
 from cxr_fast.errors import UserError
 
 MIS = "multilabel-stratified"
@@ -155,5 +156,6 @@ def make_folds(
 
 
 def write_folds_csv(path: str | Path, names: list[str], folds: np.ndarray, image_col: str = "Image_name") -> None:
-    """`folds.csv`: image name, fold (1..K)."""
-    pd.DataFrame({image_col: names, "fold": folds.astype(int)}).to_csv(path, index=False)
+    """`folds.csv`: image name, fold (1..K), written atomically (--resume compares against it)."""
+    with atomic_path(path) as tmp:
+        pd.DataFrame({image_col: names, "fold": folds.astype(int)}).to_csv(tmp, index=False)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from cxr_fast.errors import UserError, first_line
 
-# Settings a resumed run may change: they cannot change what the run computes. Every other field must match.
+# Settings a resumed run may change: they cannot change what the run computes (beyond floating-point rounding, as
+# another device): where outputs go, how many workers, and the speed switches. Every other field must match.
 RESUME_MAY_CHANGE = ("num_workers", "progress", "out_csv", "device", "folds_to_run", "resume", "config",
-                     "eval_batch_size")
+                     "eval_batch_size", "compile", "channels_last", "hw_decoder_load")
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ class FoldTrainer:
                 self.amp.load_state_dict(ck["scaler"])
                 if self.ema is not None:
                     self.ema.module.load_state_dict(ck["ema"])
-                resume.set_rng_state(ck["rng"])
+                self._restore_rng(ck)
                 st.update_from(ck)
                 st.step = st.epoch * self.steps
                 resume.seek_schedule(self.scheduler, st.step)
@@ -114,6 +114,16 @@ class FoldTrainer:
                              f"{c.batch_size * old_world}), {self.steps} steps/epoch")
         if c.resume and dist.is_main():
             resume.trim_metrics(self.folder.metrics, k, st.epoch)  # epochs that will run again
+
+    def _restore_rng(self, ck: dict) -> None:
+        """Each rank continues its own RNG streams (dropout differs per rank); on another number of processes the
+        saved streams do not map onto the ranks, so each rank starts a fresh, reproducible one for the rest."""
+        states = ck.get("rng_per_rank") or [ck["rng"]]
+        if len(states) == self.world:
+            resume.set_rng_state(states[self.rank])
+        else:
+            resume.set_rng_state(ck["rng"])  # numpy / Python streams as rank 0 had them
+            torch.manual_seed(seeds.derive(self.cfg.seed, "dropout", self.k, self.rank, int(ck["epoch"])))
 
     def _reconcile_best(self) -> None:
         """A kill between writing the best checkpoint and last.pth leaves a checkpoint newer than last.pth's record
@@ -182,7 +192,9 @@ class FoldTrainer:
         st = self.st
         eval_model = self.ema.module if self.ema is not None else unwrap(model)
         auc, per_label, skipped, index, probs, val_s = self._validate(eval_model)
-        improved = math.isfinite(auc) and auc > st.best_auc
+        # `best_epoch == epoch`: the checkpoint of this very epoch was adopted from a run killed before last.pth
+        # (`_reconcile_best`); re-running it is not "no improvement"
+        improved = math.isfinite(auc) and (auc > st.best_auc or (st.best_epoch == epoch and auc >= st.best_auc))
         if improved or not st.saved_any or (not math.isfinite(st.best_auc) and not math.isfinite(auc)):
             self._save_best(epoch, auc, improved, per_label, index, probs, unwrap(eval_model))
         st.bad_epochs = 0 if improved or epoch == 1 else st.bad_epochs + 1
@@ -198,11 +210,12 @@ class FoldTrainer:
                  + (f"  A sparsity {sp:.0%}" if sp is not None else "")
                  + (f"  (AUC skips {', '.join(skipped)})" if skipped and math.isfinite(auc) else ""))
         st.epoch = epoch
+        rngs = dist.gather_objects(resume.rng_state())  # every rank's streams, so a resume continues each
         if dist.is_main():
             save_atomic({"fold": self.k, **st.as_dict(), "model": unwrap(model).state_dict(),
                          "ema": self.ema.module.state_dict() if self.ema is not None else None,
                          "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                         "scaler": self.amp.state_dict(), "rng": resume.rng_state(), "world": self.world},
+                         "scaler": self.amp.state_dict(), "rng": rngs[0], "rng_per_rank": rngs, "world": self.world},
                         self.folder.last)
         dist.barrier()
 

@@ -50,17 +50,30 @@ class RunFolder:
             if cfg.resume:
                 self._check_resumable(cfg)
             else:
-                for stale in (self.state, self.last, self.metrics):
-                    if stale.is_dir():
-                        shutil.rmtree(stale)
-                    elif stale.exists():
-                        stale.unlink()
+                self._remove_stale()
             self.state.mkdir(exist_ok=True)
             if cfg.resume:
                 resume.check_folds(self.folds_csv, names, folds, cfg.image_col)
             write_json_atomic(self.config, cfg.to_dict())
             write_folds_csv(self.folds_csv, names, folds, image_col=cfg.image_col)
         dist.barrier()
+
+    def _remove_stale(self) -> None:
+        """A fresh run in a used folder: what an earlier run left would mix into this one's outputs (an old fold
+        checkpoint in an `outputs/*_fold*.pth` ensemble, an old oof.csv or report), so it goes, and the log says so."""
+        old = [self.state, self.last, self.metrics, self.oof, self.oof_labels, self.cv_summary, self.thresholds,
+               self.report, *sorted(self.root.glob(f"{self.model_name}_fold*.pth"))]
+        removed = []
+        for stale in old:
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+            else:
+                continue
+            removed.append(stale.name)
+        if removed:
+            print(f"{self.root}: a fresh run (no --resume): removed the earlier run's {', '.join(removed)}", flush=True)
 
     def _check_resumable(self, cfg: TrainConfig) -> None:
         if not self.config.exists():

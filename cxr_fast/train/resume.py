@@ -52,8 +52,11 @@ def check_folds(folds_csv: Path, names: list[str], folds: np.ndarray, image_col:
     """UserError if the fold assignment changed since the interrupted run (e.g. the CSV was edited in place)."""
     if not folds_csv.exists():
         return
-    old = pd.read_csv(folds_csv, dtype={image_col: str}, keep_default_na=False)
-    if old.iloc[:, 0].tolist() != names or old["fold"].tolist() != folds.tolist():
+    try:
+        old = pd.read_csv(folds_csv, dtype={image_col: str}, keep_default_na=False)
+    except (OSError, ValueError) as e:  # pandas' ParserError is a ValueError
+        raise UserError(f"{folds_csv}: unreadable ({type(e).__name__}); use another --out_dir or drop --resume") from None
+    if "fold" not in old.columns or old.iloc[:, 0].tolist() != names or old["fold"].tolist() != folds.tolist():
         raise UserError(f"{folds_csv}: --resume would assign other folds than the interrupted run "
                         f"(the CSV or its images changed); use another --out_dir or drop --resume")
 

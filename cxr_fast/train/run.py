@@ -51,9 +51,9 @@ class Run:
     def run(self) -> dict:
         c, data = self.cfg, self.data
         present = np.flatnonzero(data.folds > 0)  # rows --skip_bad left out of the shards have fold 0
+        folds = parse_folds_to_run(c.folds_to_run, data.n_folds)  # a bad value stops before anything is removed
         self.folder.prepare(c, [data.names[i] for i in present], data.folds[present])
         dist.check_shared(self.folder.root, "--out_dir")
-        folds = parse_folds_to_run(c.folds_to_run, data.n_folds)
         dist.log(f"{len(data.label_names)} labels, {len(present)} training images, {data.n_folds} folds "
                  f"({data.split_method}), running folds {folds}")
         results = []
@@ -64,6 +64,11 @@ class Run:
                 results.append(done)
                 continue
             results.append(FoldTrainer(c, data, self.device, self.folder, k).run())
+        if c.resume:  # folds finished by earlier invocations (--folds_to_run subsets) belong to the run's outputs
+            earlier = {k: self.folder.completed_fold(k) for k in range(1, data.n_folds + 1) if k not in folds}
+            results += [r for r in earlier.values() if r is not None]
+            results.sort(key=lambda r: r["fold"])
+            folds = [r["fold"] for r in results]
         summary = self.write_cv_outputs(results)
         self.predict_test(folds)
         self.write_report()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -48,6 +49,8 @@ def test_dali_training_outputs(dali_run):
     sub = pd.read_csv(out / "submission.csv")
     assert sub["Image_name"].tolist() == sorted(p.name for p in (data / "test").iterdir())
     assert np.isfinite(sub[CHEXPERT_LABELS].to_numpy()).all()
+    # the shards built for the CSV are not pinned in config.json: as a --config it builds/reuses them for its CSV
+    assert json.loads((out / "config.json").read_text())["shards"] is None
 
 
 def test_dali_shards_are_reused(dali_run, capsys):

@@ -92,7 +92,7 @@ def test_resume_allows_only_settings_that_cannot_change_results():
                         "--folds_to_run", "2", "--resume", "--eval_batch_size", "3"])
     assert config_differences(old, new) == []
     assert set(RESUME_MAY_CHANGE) == {"num_workers", "progress", "out_csv", "device", "folds_to_run", "resume",
-                                      "config", "eval_batch_size"}
+                                      "config", "eval_batch_size", "compile", "channels_last", "hw_decoder_load"}
     # an older config.json without today's settings compares against their defaults
     older = {k: v for k, v in old.items() if k not in ("dali_decode", "channels_last", "compile")}
     assert config_differences(older, parse_config(BASE)) == []
@@ -139,3 +139,33 @@ def test_the_shipped_example_config_parses():
     cfg = parse_config(["--config", str(Path(__file__).parents[2] / "examples" / "run.yaml"), "--epochs", "1"])
     assert (cfg.model, cfg.group_col, cfg.lr, cfg.folds, cfg.epochs) == ("tf_efficientnet_b4_ns", "Patient ID",
                                                                          4e-4, 5, 1)
+
+
+def test_a_config_file_never_sets_resume_and_flags_must_be_booleans(tmp_path):
+    f = tmp_path / "config.json"  # as a resumed run writes it
+    f.write_text(json.dumps({**parse_config(BASE).to_dict(), "resume": True, "config": "x.yaml"}))
+    cfg = parse_config(["--config", str(f)])
+    assert cfg.resume is False and cfg.config == str(f)
+    f.write_text(json.dumps({"no_amp": "false"}))
+    with pytest.raises(UserError, match="no_amp: give true or false, not 'false'"):
+        parse_config([*BASE, "--config", str(f)])
+
+
+def test_config_values_without_a_type_are_read_as_text(tmp_path):
+    pytest.importorskip("yaml")
+    f = tmp_path / "run.yaml"
+    f.write_text("folds_to_run: 1\ngroup_col: 7\n")
+    cfg = parse_config([*BASE, "--config", str(f)])
+    assert (cfg.folds_to_run, cfg.group_col) == ("1", "7")
+
+
+def test_a_fresh_run_removes_what_an_earlier_run_left(tmp_path, capsys):
+    names, folds = ["a.png", "b.png"], np.array([1, 2])
+    for name in ("m_fold1.pth", "m_fold5.pth", "oof.csv", "thresholds.json", "report.html", "last.pth",
+                 "other_fold1.pth"):
+        (tmp_path / name).write_text("old")
+    RunFolder(tmp_path, "m").prepare(parse_config([*BASE, "--out_dir", str(tmp_path)]), names, folds)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["config.json", "folds.csv", "other_fold1.pth", "state"]  # another model's checkpoint stays
+    said = capsys.readouterr().out
+    assert "removed the earlier run's" in said and "m_fold5.pth" in said

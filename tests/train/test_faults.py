@@ -179,3 +179,14 @@ def test_couplings_refuses_unknown_image_suffix(pil_run, tmp_path, capsys):
     _exit2(capsys, couplings_cli.main, [str(out / "test_resnet_fold1.pth"), "--out", str(tmp_path / "a.txt")],
            ".png")
     assert not (tmp_path / "a.txt").exists()
+
+
+def test_bad_folds_to_run_stops_before_anything_is_removed(synth_data, tmp_path, capsys):
+    from ..conftest import train_pil
+
+    (tmp_path / "test_resnet_fold1.pth").write_text("an earlier run's")
+    (tmp_path / "oof.csv").write_text("an earlier run's")
+    with pytest.raises(SystemExit) as e:
+        train_pil(synth_data, tmp_path, "--folds_to_run", "7")
+    assert e.value.code == 2 and "--folds_to_run '7': folds are numbered 1..2" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["oof.csv", "test_resnet_fold1.pth"]
