@@ -103,7 +103,7 @@ def test_end_to_end_rows(run):
 def test_targets_recorded(run):
     res, _ = run
     by_id = {t["target"]: t for t in res["targets"]}
-    assert len(by_id) == 6
+    assert len(by_id) == 7
     for t in by_id.values():
         assert t["status"] in ("pass", "FAIL", "n/a", "not measured here") and isinstance(t["applies_here"], bool)
         # a target for another machine class is never judged here, even where a stand-in row gives a ratio

@@ -16,8 +16,9 @@ import torch
 from cxr_fast.doctor import Row
 from cxr_fast.errors import first_line
 
-# What a GPU trains at: NVIDIA's A100 AMP rate for EfficientNet-B4 at 380 px (~331 img/s, DALI-NOTES.md). A loader
-# must beat it with room to spare: the GPU decoder by 3x, the CPU fallback at least 1x.
+# What a GPU trains at: NVIDIA's A100 AMP rate for EfficientNet-B4 at 380 px (~331 img/s, from NVIDIA's
+# DeepLearningExamples performance tables). A loader must beat it with room to spare: the GPU decoder by 3x, the CPU
+# fallback at least 1x.
 NEEDED_IMG_S = 330
 
 

@@ -1,6 +1,6 @@
 """Exponential moving average of the whole classifier (backbone *and* refiner), in the style of timm's ModelEmaV3.
 
-Two fixes over the original (seed NOTES item 7): the refiner's A is averaged too (it is part of CXRClassifier), and
+Two fixes over the original project's EMA: the refiner's A is averaged too (it is part of CXRClassifier), and
 the decay warms up as min(decay, (1 + step) / (10 + step)) so a short run's EMA tracks the trained weights instead of
 staying near the random init. Integer buffers (BatchNorm's num_batches_tracked) are copied, never averaged.
 

@@ -38,7 +38,7 @@ class AsymmetricLoss(nn.Module):
         negatives: -p_m^gamma_neg * log(1 - p_m),  p_m = max(p - clip, 0)   (probability margin shift)
 
     Differences from the official code, all numerical: logits are cast to float32 first (under fp16 the official
-    1e-8 clamp rounds to 0 and 0 * log(0) gives NaN, seed NOTES item 5); log(p) is `logsigmoid` (exact, and it keeps
+    1e-8 clamp rounds to 0 and 0 * log(0) gives NaN in the original); log(p) is `logsigmoid` (exact, and it keeps
     a gradient for a confidently wrong positive, which the eps clamp zeroes); with clip = 0 the negative term is
     `logsigmoid(-x)`. `eps` only floors the shifted negative probability (which is >= clip anyway when clip > 0).
     As in the official training script (`disable_torch_grad_focal_loss=True`), the focal weights are constants for

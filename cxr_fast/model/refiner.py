@@ -2,7 +2,7 @@
 probabilities, z' = z + alpha * sigmoid(z) @ A (A's diagonal masked to 0).
 
 Sparsity is real: `prox_` soft-thresholds A in place (the proximal step of an L1 penalty), so unhelpful couplings
-become exactly 0 instead of merely small (the original's subgradient L1 never reached 0; seed NOTES item 8).
+become exactly 0 instead of merely small (the original's subgradient L1 never reached 0).
 """
 
 from __future__ import annotations

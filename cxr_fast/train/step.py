@@ -36,7 +36,7 @@ def _prox_threshold(optimizer: torch.optim.Optimizer, A: torch.Tensor, l1: float
 
     With plain SGD it is lr * l1. Adam moves every entry by about lr per step whatever its gradient's size, so a
     threshold of lr * l1 (1000x smaller than the move for l1 = 1e-3) could never zero an entry: A would be small, not
-    sparse (seed NOTES item 8). Preconditioning the prox like the gradient step, t = lr * l1 / (sqrt(v_hat) + eps)
+    sparse (as in the original project). Preconditioning the prox like the gradient step, t = lr * l1 / (sqrt(v_hat) + eps)
     per entry, makes it the L1 penalty's own step: an entry stays at 0 unless its loss gradient outweighs l1.
     """
     for group in optimizer.param_groups:
