@@ -129,14 +129,15 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 def _load_data(cfg: TrainConfig, shards=None):
     """The run's data: from `--shards` (or the shards built for this CSV, `shards`), else the CSV and image files."""
+    from cxr_fast import dist
     from cxr_fast.data.run_data import from_csv, from_shards
 
     shards = shards or cfg.shards
     if shards is not None:
-        return from_shards(shards, labels=cfg.labels, test_dir=cfg.test_dir, skip_bad=cfg.skip_bad)
+        return from_shards(shards, labels=cfg.labels, test_dir=cfg.test_dir, skip_bad=cfg.skip_bad, log=dist.log)
     return from_csv(cfg.train_csv, cfg.train_dir, cfg.test_dir, image_col=cfg.image_col, labels=cfg.labels,
                     uncertain=cfg.uncertain, missing=cfg.missing, group_col=cfg.group_col, folds=cfg.folds,
-                    seed=cfg.seed, skip_bad=cfg.skip_bad)
+                    seed=cfg.seed, skip_bad=cfg.skip_bad, log=dist.log)
 
 
 @cli_entry

@@ -58,9 +58,9 @@ def test_file_set(test_dir: Path, names: list[str], n_labels: int) -> SampleSet:
                      files=[Path(test_dir) / s for s in names])
 
 
-def checked_test_names(test_dir, skip_bad: bool = False) -> list[str]:
+def checked_test_names(test_dir, skip_bad: bool = False, log=print) -> list[str]:
     """The test folder's images, each decoded once now so a bad one stops the run before training (not after every
-    fold); with `skip_bad` the unreadable ones are left out and listed instead."""
+    fold); with `skip_bad` the unreadable ones are left out and listed instead (through `log`: rank 0's print)."""
     from cxr_fast.images.check import unreadable
 
     names = list_test_images(test_dir)
@@ -70,7 +70,7 @@ def checked_test_names(test_dir, skip_bad: bool = False) -> list[str]:
         raise UserError(f"{Path(test_dir) / names[i]}: {why} ({len(bad)} unreadable test image(s); fix or remove "
                         f"them, or pass --skip_bad to leave them out)")
     if bad:
-        print(f"--skip_bad: left out {len(bad)} unreadable test image(s): "
+        log(f"--skip_bad: left out {len(bad)} unreadable test image(s): "
               + "; ".join(f"{names[i]}: {why}" for i, why in sorted(bad.items())[:20])
               + (" ..." if len(bad) > 20 else ""))
         if len(bad) == len(names):
@@ -79,9 +79,11 @@ def checked_test_names(test_dir, skip_bad: bool = False) -> list[str]:
 
 
 def from_csv(train_csv, train_dir, test_dir, *, image_col, labels, uncertain, missing, group_col, folds: int,
-             seed: int, skip_bad: bool = False) -> RunData:
+             seed: int, skip_bad: bool = False, log=print) -> RunData:
+    """`log` gets the notes (label columns chosen and left out, images skipped): `dist.log` under torchrun, so they
+    are printed once, not once per process."""
     table = read_table(train_csv, image_col=image_col, labels=labels, uncertain=uncertain, missing=missing,
-                       group_col=group_col)
+                       group_col=group_col, log=log)
     train_dir = Path(train_dir)
     if not train_dir.is_dir():
         raise UserError(f"{train_dir}: training image directory not found")
@@ -89,7 +91,7 @@ def from_csv(train_csv, train_dir, test_dir, *, image_col, labels, uncertain, mi
     fold, method = make_folds(table.labels, folds, seed, table.groups)
     return RunData(label_names=table.label_names, names=table.names, labels=table.labels, folds=fold,
                    n_folds=folds, split_method=method, train_dir=train_dir,
-                   test_names=checked_test_names(test_dir, skip_bad) if test_dir else None,
+                   test_names=checked_test_names(test_dir, skip_bad, log) if test_dir else None,
                    test_dir=Path(test_dir) if test_dir else None)
 
 
@@ -114,7 +116,7 @@ def names_by_index(samples) -> list[str]:
     return names
 
 
-def from_shards(root, labels: list[str] | None = None, test_dir=None, skip_bad: bool = False) -> RunData:
+def from_shards(root, labels: list[str] | None = None, test_dir=None, skip_bad: bool = False, log=print) -> RunData:
     """Labels, folds and names come from the shards' manifest and samples.csv; test images from the shards' test
     split, or from `test_dir` as files when the shards have none."""
     from cxr_fast.shards.read import load_manifest, read_samples
@@ -136,10 +138,10 @@ def from_shards(root, labels: list[str] | None = None, test_dir=None, skip_bad: 
     test = df[df["split"] == "test"]
     if len(test):  # the shards' own test split wins; --test_dir is read as files only for shards without one
         if test_dir is not None:
-            print(f"note: {root} has its own test split ({len(test)} images); --test_dir {test_dir} is not used")
+            log(f"note: {root} has its own test split ({len(test)} images); --test_dir {test_dir} is not used")
         test_names, test_dir = names_by_index(test), None
     else:
-        test_names = checked_test_names(test_dir, skip_bad) if test_dir is not None else None
+        test_names = checked_test_names(test_dir, skip_bad, log) if test_dir is not None else None
     return RunData(label_names=list(manifest["labels"]), names=names, labels=lab, folds=fold,
                    n_folds=int(manifest["folds"]), split_method=manifest["split_method"], shards_root=root,
                    manifest=manifest, test_names=test_names, test_dir=Path(test_dir) if test_dir else None)
