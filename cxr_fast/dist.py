@@ -124,8 +124,7 @@ def gather_predictions(*arrays: np.ndarray, index: np.ndarray) -> tuple[np.ndarr
     """Gather per-rank (probs, labels, ...) and index from every rank, drop the duplicates that distributed samplers
     pad with, and return them sorted by index - the same count and order as a single-process run."""
     if world() > 1:
-        parts = [None] * world()
-        dist.all_gather_object(parts, (index, *arrays))
+        parts = gather_objects((index, *arrays))
         index = np.concatenate([p[0] for p in parts])
         arrays = tuple(np.concatenate([p[i + 1] for p in parts]) for i in range(len(arrays)))
     _, first = np.unique(index, return_index=True)  # sorted unique indices, first occurrence of each
@@ -157,8 +156,7 @@ def check_shared(path: str | Path, what: str) -> None:
             problem = (f"{Path(path).absolute()} ({what}) is not shared between the nodes: node "
                        f"{socket.gethostname()} (node rank {os.environ.get('GROUP_RANK', '?')}) does not see what rank "
                        f"0 wrote there; give {what} a path on storage every node mounts")
-    problems = [None] * world()
-    dist.all_gather_object(problems, problem)
+    problems = gather_objects(problem)
     if is_main():
         token_file.unlink(missing_ok=True)
     found = [p for p in problems if p]

@@ -15,12 +15,12 @@ from cxr_fast.data.samples import SampleSet
 from cxr_fast.errors import UserError, first_line
 from cxr_fast.pipelines import build_loader
 from cxr_fast.train.checkpoint import check_fold_checkpoint, load_checkpoint
+from cxr_fast.train.config import TrainConfig
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device):
     """A CXRClassifier with the checkpoint's backbone and refiner weights, in eval mode."""
     from cxr_fast.model import build_model
-    from cxr_fast.train.config import TrainConfig
 
     cfg = TrainConfig.from_saved(ckpt["config"]).replace(refiner=bool(ckpt.get("refiner")))
     n = len(ckpt["labels"])
@@ -64,8 +64,8 @@ def ensemble_predict(checkpoints: list[tuple[Path, dict]], samples: SampleSet, *
     total = None
     loaders = {}  # one loader per input size, shared by the folds that use it
     for path, ckpt in checkpoints:
-        size = int(ckpt["config"]["img_size"])
-        in_chans = int(ckpt["config"].get("in_chans", 1))
+        cfg = TrainConfig.from_saved(ckpt["config"])
+        size, in_chans = int(cfg.img_size), int(cfg.in_chans)
         if size not in loaders:
             loaders[size] = build_loader(pipeline, samples, AugmentSpec.for_eval(size), batch_size, device,
                                          num_workers=num_workers, rank=rank, world=world)

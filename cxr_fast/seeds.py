@@ -21,15 +21,17 @@ STREAMS = {
 }
 
 
-def derive(seed: int, stream: str, *ids: int) -> int:
-    """A non-negative 31-bit seed (valid for torch, numpy and DALI) for `stream`, keyed by further integer ids."""
+def _sequence(seed: int, stream: str, ids: tuple[int, ...]) -> np.random.SeedSequence:
     if stream not in STREAMS:
         raise KeyError(f"unknown RNG stream {stream!r}; known: {', '.join(STREAMS)}")
-    seq = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, STREAMS[stream], *(int(i) & 0xFFFFFFFF for i in ids)])
-    return int(seq.generate_state(1)[0] & 0x7FFFFFFF)
+    return np.random.SeedSequence([int(seed) & 0xFFFFFFFF, STREAMS[stream], *(int(i) & 0xFFFFFFFF for i in ids)])
+
+
+def derive(seed: int, stream: str, *ids: int) -> int:
+    """A non-negative 31-bit seed (valid for torch, numpy and DALI) for `stream`, keyed by further integer ids."""
+    return int(_sequence(seed, stream, ids).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def rng(seed: int, stream: str, *ids: int) -> np.random.Generator:
     """A numpy Generator for `stream` keyed by `ids`."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, STREAMS[stream],
-                                                         *(int(i) & 0xFFFFFFFF for i in ids)]))
+    return np.random.default_rng(_sequence(seed, stream, ids))

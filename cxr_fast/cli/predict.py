@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     from cxr_fast import versions
-    from cxr_fast.data.run_data import checked_test_names, shard_resize, test_file_set
+    from cxr_fast.data.run_data import checked_test_names, say_left_out, shard_resize, test_file_set
     from cxr_fast.inference import ensemble_predict, load_fold_checkpoints, write_predictions_csv
     from cxr_fast.train.run import resolve_device
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             shards = f"{tmp}/test"
             manifest = write_test_shards(args.test_dir, shards, labels, resize=resize, skip_bad=args.skip_bad,
                                          progress=args.progress)
-            _say_left_out([(r["name"], r["reason"]) for r in manifest["rejected"]])
+            say_left_out([(r["name"], r["reason"]) for r in manifest["rejected"]])
             samples, names = _shard_test_set(shards, labels)
         else:
             names = checked_test_names(args.test_dir, args.skip_bad)  # a bad image stops us before inference
@@ -106,17 +106,13 @@ def _decisions_path(out_csv: str) -> str:
     return str(p.with_name(f"{p.stem if p.suffix.lower() == '.csv' else p.name}_decisions.csv"))
 
 
-def _say_left_out(bad: list[tuple[str, str]]) -> None:
-    if bad:
-        print(f"--skip_bad: left out {len(bad)} unreadable test image(s): "
-              + "; ".join(f"{name}: {why}" for name, why in bad))
-
-
-def _amp_from(cfg: dict, device):
+def _amp_from(saved: dict, device):
     """Inference precision as the checkpoint was trained: --no_amp / --amp_dtype from its config."""
     from cxr_fast.train.amp import Amp
+    from cxr_fast.train.config import TrainConfig
 
-    return Amp(device, enabled=not cfg.get("no_amp", False), dtype=cfg.get("amp_dtype", "auto"))
+    cfg = TrainConfig.from_saved(saved)
+    return Amp(device, enabled=not cfg.no_amp, dtype=cfg.amp_dtype)
 
 
 def _shard_test_set(root, labels):

@@ -96,7 +96,6 @@ def _apply_config_file(p: argparse.ArgumentParser, path: str) -> None:
         if a.nargs == 0:  # an on/off flag
             if v is not None and not isinstance(v, bool):
                 raise UserError(f"{path}: {key}: give true or false, not {v!r}")
-            values[key] = v
             continue
         if v is not None and a.type is None:
             v = str(v)  # e.g. YAML's `folds_to_run: 1` or `group_col: 7`

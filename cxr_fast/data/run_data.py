@@ -58,6 +58,13 @@ def test_file_set(test_dir: Path, names: list[str], n_labels: int) -> SampleSet:
                      files=[Path(test_dir) / s for s in names])
 
 
+def say_left_out(bad: list[tuple[str, str]], log=print, shown: int = 20) -> None:
+    """The --skip_bad note: how many unreadable test images were left out, and (the first `shown` of) which, why."""
+    if bad:
+        log(f"--skip_bad: left out {len(bad)} unreadable test image(s): "
+            + "; ".join(f"{name}: {why}" for name, why in bad[:shown]) + (" ..." if len(bad) > shown else ""))
+
+
 def checked_test_names(test_dir, skip_bad: bool = False, log=print) -> list[str]:
     """The test folder's images, each decoded once now so a bad one stops the run before training (not after every
     fold); with `skip_bad` the unreadable ones are left out and listed instead (through `log`: rank 0's print)."""
@@ -70,9 +77,7 @@ def checked_test_names(test_dir, skip_bad: bool = False, log=print) -> list[str]
         raise UserError(f"{Path(test_dir) / names[i]}: {why} ({len(bad)} unreadable test image(s); fix or remove "
                         f"them, or pass --skip_bad to leave them out)")
     if bad:
-        log(f"--skip_bad: left out {len(bad)} unreadable test image(s): "
-              + "; ".join(f"{names[i]}: {why}" for i, why in sorted(bad.items())[:20])
-              + (" ..." if len(bad) > 20 else ""))
+        say_left_out([(names[i], why) for i, why in sorted(bad.items())], log)
         if len(bad) == len(names):
             raise UserError(f"{test_dir}: none of the {len(names)} test images can be read")
     return [n for i, n in enumerate(names) if i not in bad]

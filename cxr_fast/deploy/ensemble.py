@@ -16,6 +16,7 @@ from torch import nn
 
 from cxr_fast.errors import UserError, first_line
 from cxr_fast.model.normalize import GRAY_MEAN, GRAY_STD, RGB_MEAN, RGB_STD
+from cxr_fast.train.config import TrainConfig
 
 PREPROCESS = ("8-bit grey image (16-bit windowed over its own range) squashed to img_size x img_size with PIL "
               "bilinear resize; uint8 (B, 1, S, S)")
@@ -74,8 +75,8 @@ def check_agree(checkpoints: list[tuple[Path, dict]]) -> dict:
     ref_path, ref = checkpoints[0]
 
     def settings(ckpt):
-        cfg = ckpt["config"]
-        return {"labels": list(ckpt["labels"]), "img_size": int(cfg["img_size"]), "in_chans": int(cfg.get("in_chans", 1))}
+        cfg = TrainConfig.from_saved(ckpt["config"])
+        return {"labels": list(ckpt["labels"]), "img_size": int(cfg.img_size), "in_chans": int(cfg.in_chans)}
 
     want = settings(ref)
     for path, ckpt in checkpoints[1:]:

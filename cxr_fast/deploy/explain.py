@@ -23,6 +23,7 @@ from cxr_fast.deploy.render import contact_sheet, overlay, resize_map, save_png
 from cxr_fast.deploy.target_layer import find_target_layer
 from cxr_fast.errors import UserError
 from cxr_fast.model.normalize import normalize
+from cxr_fast.train.config import TrainConfig
 
 METHODS = ("gradcam", "gradcam++", "eigencam")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff")
@@ -108,8 +109,8 @@ def run_explain(checkpoint: str | Path, images: list[str], out: str | Path, *, l
     names = list(ckpt["labels"])
     label_ids = pick_labels(labels, names)
     files = list_images(images)
-    cfg = ckpt["config"]
-    size, in_chans = int(img_size or cfg["img_size"]), int(cfg.get("in_chans", 1))
+    cfg = TrainConfig.from_saved(ckpt["config"])
+    size, in_chans = int(img_size or cfg.img_size), int(cfg.in_chans)
     device = torch.device(device)
     model = model_from_checkpoint(ckpt, device)
     layer_name, layer = find_target_layer(model.backbone, in_chans, size)
@@ -129,8 +130,8 @@ def run_explain(checkpoint: str | Path, images: list[str], out: str | Path, *, l
         shutil.rmtree(stage, ignore_errors=True)
     shown = [names[i] for i in label_ids]
     write_text_atomic(out / "index.html", contact_sheet(rows, shown, f"cxr-explain: {method} on "
-                                                        f"{cfg['model']} ({layer_name}), {Path(checkpoint).name}"))
-    log(f"wrote {out}: {len(files)} image(s) x {len(shown)} label(s), {method} on {cfg['model']} layer "
+                                                        f"{cfg.model} ({layer_name}), {Path(checkpoint).name}"))
+    log(f"wrote {out}: {len(files)} image(s) x {len(shown)} label(s), {method} on {cfg.model} layer "
         f"{layer_name!r}; open {out / 'index.html'}")
     return {"out": str(out), "images": [str(f) for f in files], "labels": shown, "layer": layer_name}
 

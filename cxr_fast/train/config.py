@@ -87,15 +87,6 @@ class TrainConfig:
     def defaults(cls) -> dict:
         return dataclasses.asdict(cls())
 
-    @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
-        """A config from a dict such as an older `config.json`: missing keys take today's defaults; unknown keys are
-        an error (a typo in a --config file must not pass silently)."""
-        unknown = sorted(set(d) - set(cls.field_names()))
-        if unknown:
-            raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        return cls(**d)
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -138,9 +129,7 @@ def read_config_file(path: str | Path) -> dict:
 
 def config_differences(old: dict, new: TrainConfig) -> list[str]:
     """`name old -> new` for every setting that differs and may not change on --resume (older files: defaults)."""
-    known = {k: v for k, v in old.items() if k in TrainConfig.field_names()}
-    before = TrainConfig.defaults() | known
-    after = new.to_dict()
+    before, after = TrainConfig.from_saved(old).to_dict(), new.to_dict()
     return [f"{k} {_show(before[k])} -> {_show(after[k])}" for k in TrainConfig.field_names()
             if k not in RESUME_MAY_CHANGE and before[k] != after[k]]
 

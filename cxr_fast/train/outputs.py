@@ -49,11 +49,10 @@ class RunFolder:
             self.root.mkdir(parents=True, exist_ok=True)
             if cfg.resume:
                 self._check_resumable(cfg)
+                resume.check_folds(self.folds_csv, names, folds, cfg.image_col)
             else:
                 self._remove_stale()
             self.state.mkdir(exist_ok=True)
-            if cfg.resume:
-                resume.check_folds(self.folds_csv, names, folds, cfg.image_col)
             write_json_atomic(self.config, cfg.to_dict())
             write_folds_csv(self.folds_csv, names, folds, image_col=cfg.image_col)
         dist.barrier()

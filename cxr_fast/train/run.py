@@ -56,19 +56,16 @@ class Run:
         dist.check_shared(self.folder.root, "--out_dir")
         dist.log(f"{len(data.label_names)} labels, {len(present)} training images, {data.n_folds} folds "
                  f"({data.split_method}), running folds {folds}")
-        results = []
+        # --resume: every finished fold, also those of earlier invocations (--folds_to_run subsets), is the run's
+        done = {k: self.folder.completed_fold(k) for k in range(1, data.n_folds + 1)} if c.resume else {}
+        results = {k: r for k, r in done.items() if r is not None}
         for k in folds:
-            done = self.folder.completed_fold(k) if c.resume else None
-            if done is not None:
+            if k in results:
                 dist.log(f"fold {k}: already complete, skipping (--resume)")
-                results.append(done)
-                continue
-            results.append(FoldTrainer(c, data, self.device, self.folder, k).run())
-        if c.resume:  # folds finished by earlier invocations (--folds_to_run subsets) belong to the run's outputs
-            earlier = {k: self.folder.completed_fold(k) for k in range(1, data.n_folds + 1) if k not in folds}
-            results += [r for r in earlier.values() if r is not None]
-            results.sort(key=lambda r: r["fold"])
-            folds = [r["fold"] for r in results]
+            else:
+                results[k] = FoldTrainer(c, data, self.device, self.folder, k).run()
+        folds = sorted(results)
+        results = [results[k] for k in folds]
         summary = self.write_cv_outputs(results)
         self.predict_test(folds)
         self.write_report()
