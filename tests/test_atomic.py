@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cxr_fast.atomic import atomic_path, write_json_atomic, write_text_atomic
-from cxr_fast.couplings import plot_heatmap
+from cxr_fast.evaluate.couplings import plot_heatmap
 
 
 def test_write_text_and_json(tmp_path):
@@ -58,3 +58,15 @@ def test_checkpoint_round_trip_keeps_structure_and_state_dict_metadata(tmp_path)
     assert back["rng"] == obj["rng"] and torch.equal(back["list"][0], obj["list"][0]) and back["list"][1] == 1.5
     torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).load_state_dict(back["model"])
     assert [p.name for p in tmp_path.iterdir()] == ["c.pth"]
+
+
+def test_full_disk_mid_write_keeps_the_old_file_and_no_temp(tmp_path):
+    import errno
+
+    path = tmp_path / "last.pth"
+    path.write_bytes(b"old")
+    with pytest.raises(OSError) as ei, atomic_path(path) as tmp:
+        tmp.write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")  # what the next write() says on a full disk
+    assert ei.value.errno == errno.ENOSPC
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"] and path.read_bytes() == b"old"

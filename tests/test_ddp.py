@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cxr_fast.data.table import CHEXPERT_LABELS
-from cxr_fast.metrics import macro_auc
+from cxr_fast.evaluate.metrics import macro_auc
 
 ARGS = ["--model", "test_resnet", "--no-pretrained", "--img_size", "32", "--batch_size", "5", "--num_workers", "0",
         "--no-progress", "--device", "cpu", "--folds", "2", "--epochs", "1"]

@@ -14,14 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cxr_fast.convert.chexpert import (
-    MIMIC_SPLITS,
-    MISSING_CHOICES,
-    UNCERTAIN_CHOICES,
-    convert_chexpert,
-    convert_mimic,
-)
+from cxr_fast.convert.chexpert import MISSING_CHOICES, UNCERTAIN_CHOICES, convert_chexpert
 from cxr_fast.convert.common import Converted, summary, write_csv_atomic
+from cxr_fast.convert.mimic import MIMIC_SPLITS, convert_mimic
 from cxr_fast.convert.nih import convert_nih
 from cxr_fast.errors import cli_entry
 

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import numpy as np
 
-    from cxr_fast.couplings import mean_coupling, plot_heatmap, top_couplings
-    from cxr_fast.inference import load_fold_checkpoints
+    from cxr_fast.evaluate.couplings import mean_coupling, plot_heatmap, top_couplings
+    from cxr_fast.train.checkpoint import load_fold_checkpoints
 
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cxr_fast.atomic import write_json_atomic
-    from cxr_fast.evaluate.eval_report import add_threshold_stats, text_table, write_eval_report
+    from cxr_fast.evaluate.eval_page import add_threshold_stats, text_table, write_eval_report
     from cxr_fast.evaluate.inputs import read_eval_inputs
     from cxr_fast.evaluate.metrics import evaluate
     from cxr_fast.evaluate.thresholds import load_thresholds

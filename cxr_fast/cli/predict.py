@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cxr_fast.cli.common import nonneg_int, positive_int
 from cxr_fast.errors import UserError, cli_entry
+from cxr_fast.pipelines import PIPELINES, check_pipeline, pipeline_info
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_csv", default="./submission.csv")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--batch_size", type=positive_int, default=32)
-    p.add_argument("--pipeline", choices=("pil", "dali"), default="pil",
+    p.add_argument("--pipeline", choices=tuple(PIPELINES), default="pil",
                    help="dali needs --shards (or builds test-only shards from --test_dir in a temporary folder)")
     p.add_argument("--num_workers", type=nonneg_int, default=4)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -43,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     from cxr_fast import versions
-    from cxr_fast.data.run_data import checked_test_names, say_left_out, shard_resize, test_file_set
-    from cxr_fast.inference import ensemble_predict, load_fold_checkpoints, write_predictions_csv
+    from cxr_fast.train.checkpoint import load_fold_checkpoints
+    from cxr_fast.train.outputs import write_predictions_csv
+    from cxr_fast.train.predict import ensemble_predict
     from cxr_fast.train.run import resolve_device
+    from cxr_fast.train.run_data import checked_test_names, say_left_out, shard_resize, test_file_set
 
     versions.check_torch()
     paths = sorted({p for pat in args.checkpoints for p in (glob.glob(pat) or [pat])})
@@ -56,11 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cxr-predict-") as tmp:
         if args.shards:
             samples, names = _shard_test_set(args.shards, labels)
-        elif args.pipeline == "dali":
-            from cxr_fast.pipelines.dali import require_dali
+        elif pipeline_info(args.pipeline).needs_shards:  # pack the test images first
             from cxr_fast.shards.writer import write_test_shards
 
-            require_dali()  # fail before encoding anything when DALI is absent
+            check_pipeline(args.pipeline)  # fail before encoding anything (e.g. DALI absent)
             resize = shard_resize(max(int(ck["config"]["img_size"]) for _, ck in ckpts))
             # A folder inside tmp: the writer keeps its work folder beside OUT, so it goes when tmp goes
             shards = f"{tmp}/test"
@@ -116,8 +118,8 @@ def _amp_from(saved: dict, device):
 
 
 def _shard_test_set(root, labels):
-    from cxr_fast.data.run_data import names_by_index
     from cxr_fast.shards.read import load_manifest, read_samples, sample_set
+    from cxr_fast.train.run_data import names_by_index
 
     manifest = load_manifest(root)
     if list(manifest["labels"]) != labels:

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cxr_fast.evaluate.report import write_report
+    from cxr_fast.evaluate.run_report import write_report
 
     run = Path(args.run_dir)
     if not run.is_dir():

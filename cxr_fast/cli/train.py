@@ -12,6 +12,9 @@ from cxr_fast.train.config import TrainConfig, read_config_file
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags without defaults here: every default comes from `TrainConfig` (set at the end), so there is one."""
+    from cxr_fast.model.losses import LOSSES
+    from cxr_fast.pipelines import PIPELINES
+
     p = argparse.ArgumentParser(prog="cxr-train", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     B = argparse.BooleanOptionalAction
@@ -34,14 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int)
     p.add_argument("--seed", type=nonneg_int)
     p.add_argument("--label_smooth", type=float)
-    p.add_argument("--loss", choices=("asl", "bce"))
+    p.add_argument("--loss", choices=tuple(LOSSES))
     p.add_argument("--ema", action=B, help="EMA of the weights (backbone and refiner)")
     p.add_argument("--tta", action=B, help="horizontal-flip TTA for validation and test")
     p.add_argument("--num_workers", type=nonneg_int, help="loader worker processes (DALI: threads)")
     p.add_argument("--color_jitter", action="store_true", help="brightness/contrast jitter 0.05")
     p.add_argument("--no_amp", action="store_true", help="disable mixed precision")
     # Ours.
-    p.add_argument("--pipeline", choices=("pil", "dali"), help="input pipeline")
+    p.add_argument("--pipeline", choices=tuple(PIPELINES), help="input pipeline")
     p.add_argument("--shards", help="existing cxr-shard output (labels and folds from its manifest)")
     p.add_argument("--hw_decoder_load", type=float,
                    help="DALI: share of JPEG decoding given to the GPU's hardware decoder (A100/H100)")
@@ -129,7 +132,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 def _load_data(cfg: TrainConfig, shards=None):
     """The run's data: from `--shards` (or the shards built for this CSV, `shards`), else the CSV and image files."""
     from cxr_fast import dist
-    from cxr_fast.data.run_data import from_csv, from_shards
+    from cxr_fast.train.run_data import from_csv, from_shards
 
     shards = shards or cfg.shards
     if shards is not None:
@@ -148,21 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cxr_fast import dist
-    from cxr_fast.data.run_data import shards_for_training
+    from cxr_fast.pipelines import check_pipeline, pipeline_info
     from cxr_fast.train.engine import TrainingDiverged
     from cxr_fast.train.run import Run, resolve_device
+    from cxr_fast.train.run_data import shards_for_training
     from cxr_fast.train.speed import configure_cuda
 
     device = resolve_device(cfg.device)
-    if cfg.pipeline == "dali":
-        from cxr_fast.pipelines.dali import require_dali
-
-        require_dali()  # fail before building shards (or starting processes) when DALI is absent or too old
+    check_pipeline(cfg.pipeline)  # fail before building shards (or starting processes), e.g. DALI absent or old
     device = dist.setup(device.type) or device
     configure_cuda(fixed_size=True)  # every training/eval batch is img_size x img_size: cudnn.benchmark pays
     try:
-        built = None  # shards built (or reused) for this CSV; config.json keeps --shards as given (None), so the
-        if cfg.pipeline == "dali" and cfg.shards is None:  # run's config.json stays a valid --config for a new CSV
+        # shards built (or reused) for this CSV; config.json keeps --shards as given (None), so the run's
+        # config.json stays a valid --config for a new CSV
+        built = None
+        if pipeline_info(cfg.pipeline).needs_shards and cfg.shards is None:
             built = shards_for_training(cfg, build=dist.is_main())
             dist.wait_for_main()  # rank 0 may be packing a whole CheXpert/NIH set meanwhile (hours)
             dist.check_shared(built, "--shards_root")

@@ -16,6 +16,7 @@ from torch import nn
 
 from cxr_fast.errors import UserError, first_line
 from cxr_fast.model.normalize import GRAY_MEAN, GRAY_STD, RGB_MEAN, RGB_STD
+from cxr_fast.run_folder import RunPaths
 from cxr_fast.train.config import TrainConfig
 
 PREPROCESS = ("8-bit grey image (16-bit windowed over its own range) squashed to img_size x img_size with PIL "
@@ -92,7 +93,7 @@ def find_thresholds(checkpoints: list[tuple[Path, dict]], labels: list[str]) -> 
     """The run's thresholds.json next to the checkpoints (None when there is none); it must name the same labels."""
     docs = {}
     for folder in dict.fromkeys(p.parent for p, _ in checkpoints):
-        f = folder / "thresholds.json"
+        f = RunPaths(folder).thresholds
         if f.is_file():
             try:
                 docs[f] = json.loads(f.read_text())
@@ -113,7 +114,7 @@ def find_thresholds(checkpoints: list[tuple[Path, dict]], labels: list[str]) -> 
 
 def build_ensemble(paths: list[str | Path], tta: bool) -> tuple[DeployEnsemble, dict]:
     """Load the fold checkpoints on the CPU; (the ensemble in eval mode, its metadata as {key: str})."""
-    from cxr_fast.inference import load_fold_checkpoints, model_from_checkpoint
+    from cxr_fast.train.checkpoint import load_fold_checkpoints, model_from_checkpoint
 
     checkpoints = load_fold_checkpoints(paths)
     info = check_agree(checkpoints)

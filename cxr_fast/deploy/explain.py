@@ -101,7 +101,7 @@ def run_explain(checkpoint: str | Path, images: list[str], out: str | Path, *, l
                 method: str = "gradcam", img_size: int | None = None, device: str | torch.device = "cpu",
                 batch: int = 8, log=print) -> dict:
     """Maps, overlays and index.html for every image x label; returns {"out", "images", "labels", "layer"}."""
-    from cxr_fast.inference import load_fold_checkpoints, model_from_checkpoint
+    from cxr_fast.train.checkpoint import load_fold_checkpoints, model_from_checkpoint
 
     if method not in METHODS:
         raise UserError(f"--method must be one of {METHODS}, got {method!r}")

@@ -100,12 +100,34 @@ def evaluate(labels: np.ndarray, probs: np.ndarray, label_names: Sequence[str], 
             "resampling": "groups" if groups is not None else "rows"}
 
 
-def macro_point(labels: np.ndarray, probs: np.ndarray) -> float | None:
-    """sklearn macro-AUC over the labels with both classes among their known rows (None when there are none)."""
-    aucs = []
-    for j in range(labels.shape[1]):
+def macro_auc(labels: np.ndarray, probs: np.ndarray,
+              label_names: Sequence[str]) -> tuple[float, dict[str, float | None], list[str]]:
+    """The one macro-AUC rule (training's validation, cv_summary, `cxr-eval`, `cxr-compare`): (macro, per_label,
+    skipped). Per label, rows whose target is NaN (unknown) are dropped; a label left with a single class (or no
+    row) has no AUC: it is listed in `skipped`, maps to None in `per_label`, and is left out of the mean. `macro`
+    is NaN when every label is skipped. Non-finite probabilities raise ValueError: sklearn would otherwise either
+    fail obscurely or rank NaNs arbitrarily and return a silently wrong AUC."""
+    names = list(label_names)
+    labels = np.asarray(labels, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if labels.ndim != 2 or labels.shape != probs.shape or labels.shape[1] != len(names):
+        raise ValueError(f"macro_auc: labels {labels.shape}, probs {probs.shape} and {len(names)} label names "
+                         "do not match")
+    bad = ~np.isfinite(probs)
+    if bad.any():
+        cols = [names[j] for j in np.flatnonzero(bad.any(0))]
+        raise ValueError(f"macro_auc: {int(bad.sum())} non-finite predictions (labels: {', '.join(cols[:5])}"
+                         f"{', ...' if len(cols) > 5 else ''}); the model diverged (try --no_amp or a lower --lr)")
+    per_label: dict[str, float | None] = {}
+    for j, name in enumerate(names):
         known = ~np.isnan(labels[:, j])
-        v = point_values(labels[known, j], probs[known, j])["auc"]
-        if v is not None:
-            aucs.append(v)
-    return float(np.mean(aucs)) if aucs else None
+        per_label[name] = point_values(labels[known, j], probs[known, j])["auc"]
+    skipped = [n for n, v in per_label.items() if v is None]
+    scores = [v for v in per_label.values() if v is not None]
+    return (float(np.mean(scores)) if scores else float("nan")), per_label, skipped
+
+
+def macro_point(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    """`macro_auc`'s value without label names (None when no label has both classes)."""
+    macro, _, _ = macro_auc(labels, probs, [str(j) for j in range(np.asarray(labels).shape[1])])
+    return None if np.isnan(macro) else macro

@@ -13,6 +13,7 @@ from cxr_fast.data.csv_read import read_csv_text
 from cxr_fast.data.table import read_table
 from cxr_fast.errors import UserError
 from cxr_fast.evaluate.inputs import NOT_LABELS, read_probabilities
+from cxr_fast.run_folder import RunPaths
 
 
 @dataclass
@@ -28,7 +29,7 @@ class RunOOF:
 
 def read_folds(run_dir: Path) -> pd.Series:
     """folds.csv as a Series image name -> fold."""
-    path = run_dir / "folds.csv"
+    path = RunPaths(run_dir).folds_csv
     df = read_csv_text(path, "folds")
     if len(df.columns) < 2 or "fold" not in df.columns:
         raise UserError(f"{path}: expected an image column and a 'fold' column")
@@ -42,7 +43,8 @@ def read_run(run_dir: str | Path, labels: list[str] | None = None) -> RunOOF:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
-    oof_path, truth_path = run_dir / "oof.csv", run_dir / "oof_labels.csv"
+    paths = RunPaths(run_dir)
+    oof_path, truth_path = paths.oof, paths.oof_labels
     for p in (oof_path, truth_path):
         if not p.is_file():
             raise UserError(f"{p}: not found (written at the end of a cxr-train run)")
@@ -68,8 +70,9 @@ def read_run(run_dir: str | Path, labels: list[str] | None = None) -> RunOOF:
 
 def read_groups(run_dir: Path, group_col: str, image_col: str, names: list[str]) -> np.ndarray:
     """Group ids of `names` from oof_labels.csv, folds.csv or the run's training CSV (config.json train_csv)."""
-    cands = [run_dir / "oof_labels.csv", run_dir / "folds.csv"]
-    cfg = run_dir / "config.json"
+    paths = RunPaths(run_dir)
+    cands = [paths.oof_labels, paths.folds_csv]
+    cfg = paths.config
     if cfg.is_file():
         try:
             train_csv = json.loads(cfg.read_text()).get("train_csv")

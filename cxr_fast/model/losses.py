@@ -6,14 +6,14 @@ contributes neither value nor gradient). Keeping one reduction keeps `--refiner_
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cxr_fast.errors import UserError
-
-LOSSES = ("asl", "bce")
 
 
 def _known(targets: torch.Tensor, label_smooth: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,13 +110,18 @@ def pos_weight_from_labels(labels: np.ndarray, max_weight: float = 10.0) -> torc
     return torch.from_numpy(np.clip(w, 1.0, max_weight)).float()
 
 
+# The registry --loss reads its choices from: name -> (training fold's labels, label_smooth) -> loss module.
+# A new loss is its class above and one line here.
+LOSSES: dict[str, Callable[[np.ndarray, float], nn.Module]] = {
+    "asl": lambda train_labels, smooth: AsymmetricLoss(label_smooth=smooth),  # ASL defaults 4 / 0 / 0.05
+    "bce": lambda train_labels, smooth: MaskedBCEWithLogits(pos_weight_from_labels(train_labels), label_smooth=smooth),
+}
+
+
 def build_loss(name: str, train_labels: np.ndarray, label_smooth: float = 0.0) -> nn.Module:
-    """The training loss by --loss name: "asl" (ASL defaults 4 / 0 / 0.05) or "bce" (pos_weight from train_labels,
-    which should be the training fold's labels only)."""
+    """The training loss by --loss name; `train_labels` (the training fold's labels only) set BCE's pos_weight."""
     if not 0.0 <= label_smooth < 1.0:
         raise UserError(f"--label_smooth must be in [0, 1), got {label_smooth}")
-    if name == "asl":
-        return AsymmetricLoss(label_smooth=label_smooth)
-    if name == "bce":
-        return MaskedBCEWithLogits(pos_weight_from_labels(train_labels), label_smooth=label_smooth)
-    raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {name!r}")
+    if name not in LOSSES:
+        raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {name!r}")
+    return LOSSES[name](train_labels, label_smooth)

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_fast.errors import UserError, first_line
-from cxr_fast.shards.format import FORMAT, MANIFEST, SAMPLES_COLUMNS, SAMPLES_CSV, VERSION
-from cxr_fast.shards.format import split_names as fmt_split_names
+from cxr_fast.shards.format import FORMAT, MANIFEST, SAMPLES_COLUMNS, SAMPLES_CSV, VERSION, split_names
 
 if TYPE_CHECKING:
     from cxr_fast.data.samples import SampleSet
@@ -36,15 +35,15 @@ def load_manifest(root: str | Path) -> dict:
     return manifest
 
 
-def split_names(manifest: dict) -> list[str]:
-    return fmt_split_names(int(manifest["folds"]))
+def manifest_splits(manifest: dict) -> list[str]:
+    return split_names(int(manifest["folds"]))
 
 
 def split_shards(root: str | Path, manifest: dict, split: str) -> list[tuple[Path, Path]]:
     """(tar, idx) paths of one split ("fold1".."foldK" or "test"), in manifest order. UserError if one is missing."""
     root = Path(root)
-    if split not in split_names(manifest):
-        raise UserError(f"{root / MANIFEST}: no split {split!r} (splits: {', '.join(split_names(manifest))})")
+    if split not in manifest_splits(manifest):
+        raise UserError(f"{root / MANIFEST}: no split {split!r} (splits: {', '.join(manifest_splits(manifest))})")
     out = []
     for s in manifest["shards"]:
         if s["split"] != split:

@@ -33,7 +33,7 @@ def verify_shards(root: str | Path, workers: int | None = None, progress: bool =
     problems: list[str] = []
     labels = man["labels"]
     ext = man["image"]["format"]
-    splits = rd.split_names(man)
+    splits = rd.manifest_splits(man)
 
     sha = file_sha256(root / fmt.SAMPLES_CSV) if (root / fmt.SAMPLES_CSV).is_file() else None
     if sha != man.get("samples_csv_sha256"):

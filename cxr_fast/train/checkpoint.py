@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe (weights_only) loads, and the keys users and `cxr-predict` rely on.
+"""Checkpoints: atomic writes, safe (weights_only) loads, checkpoint -> model, and the keys users and `cxr-predict` rely on.
 
 Best-of-fold `{model}_fold{K}.pth` keys: model (backbone state dict, EMA weights when EMA is on), refiner (its state
 dict, with "A"; None with --no-refiner), labels, config, fold, epoch, val_auc, val_auc_per_label, format_version,
@@ -14,8 +14,10 @@ import torch
 
 from cxr_fast.atomic import atomic_path
 from cxr_fast.errors import UserError, first_line
+from cxr_fast.run_folder import FORMAT_VERSION
+from cxr_fast.train.config import TrainConfig
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = FORMAT_VERSION
 
 
 def save_atomic(obj, path: str | Path) -> None:
@@ -68,3 +70,36 @@ def check_fold_checkpoint(path: str | Path, ckpt: dict) -> None:
     for key in ("model", "refiner", "labels", "config"):
         if key not in ckpt:
             raise UserError(f"{path}: not a cxr_fast fold checkpoint (no {key!r} key)")
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device):
+    """A CXRClassifier with the checkpoint's backbone and refiner weights, in eval mode."""
+    from cxr_fast.model import build_model
+
+    cfg = TrainConfig.from_saved(ckpt["config"]).replace(refiner=bool(ckpt.get("refiner")))
+    n = len(ckpt["labels"])
+    model = build_model(cfg, n, pretrained=False)
+    try:
+        model.backbone.load_state_dict(ckpt["model"])
+        if model.refiner is not None:
+            model.refiner.load_state_dict(ckpt["refiner"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit a {cfg.model!r} model with {n} labels "
+                        f"({first_line(e)})") from None
+    return model.to(device).eval()
+
+
+def load_fold_checkpoints(paths: list[str | Path]) -> list[tuple[Path, dict]]:
+    """Load every checkpoint and check that they agree on the label list."""
+    if not paths:
+        raise UserError("no checkpoints given (or the glob matched nothing)")
+    loaded = []
+    for p in paths:
+        ckpt = load_checkpoint(p)
+        check_fold_checkpoint(p, ckpt)
+        loaded.append((Path(p), ckpt))
+    ref_path, ref = loaded[0]
+    for p, c in loaded[1:]:
+        if list(c["labels"]) != list(ref["labels"]):
+            raise UserError(f"{p}: its labels {c['labels']} differ from {ref_path}'s {ref['labels']}")
+    return loaded

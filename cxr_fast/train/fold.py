@@ -12,9 +12,8 @@ import torch
 
 from cxr_fast import dist, seeds
 from cxr_fast.data.augment import AugmentSpec
-from cxr_fast.data.run_data import RunData
 from cxr_fast.errors import UserError
-from cxr_fast.metrics import macro_auc
+from cxr_fast.evaluate.metrics import macro_auc
 from cxr_fast.model import build_model, unwrap
 from cxr_fast.model.ema import ModelEma
 from cxr_fast.model.losses import build_loss
@@ -24,8 +23,9 @@ from cxr_fast.train.amp import Amp
 from cxr_fast.train.checkpoint import best_checkpoint, load_checkpoint, save_atomic
 from cxr_fast.train.config import TrainConfig
 from cxr_fast.train.engine import build_optimizer, build_scheduler, train_one_epoch
-from cxr_fast.train.infer import evaluate
+from cxr_fast.train.infer import validate
 from cxr_fast.train.outputs import RunFolder
+from cxr_fast.train.run_data import RunData
 from cxr_fast.train.speed import maybe_compile, use_channels_last
 
 
@@ -67,11 +67,11 @@ class FoldTrainer:
         common = {"num_workers": c.num_workers, "rank": self.rank, "world": self.world}
         fold_seed = seeds.derive(c.seed, "fold_loader", k)
         train_spec = AugmentSpec.for_training(c.img_size, c.color_jitter)
-        dali = {"hw_decoder_load": c.hw_decoder_load} if c.pipeline == "dali" else {}
+        options = {"hw_decoder_load": c.hw_decoder_load}  # each pipeline takes the options it declares
         self.train_loader = build_loader(c.pipeline, self.train_set, train_spec, c.batch_size, self.device,
-                                         seed=fold_seed, **common, **({**dali, "decode": c.dali_decode} if dali else {}))
+                                         seed=fold_seed, options={**options, "decode": c.dali_decode}, **common)
         self.val_loader = build_loader(c.pipeline, self.val_set, AugmentSpec.for_eval(c.img_size), c.eval_batch,
-                                       self.device, seed=fold_seed, **common, **dali)
+                                       self.device, seed=fold_seed, options=options, **common)
         if len(self.train_loader) == 0:
             raise UserError(f"fold {k}: {len(self.train_set)} training samples make no full batch of --batch_size "
                             f"{c.batch_size} per process; lower --batch_size")
@@ -149,7 +149,7 @@ class FoldTrainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         dist.log(f"fold {k}/{self.data.n_folds}: {len(self.train_set)} train, {len(self.val_set)} val samples, "
                  f"{self.steps} steps/epoch, pipeline {c.pipeline}, device {self.device}"
-                 + (f", {self.train_loader.decode} decode" if c.pipeline == "dali" else "")
+                 + (f", {self.train_loader.decode} decode" if getattr(self.train_loader, "decode", None) else "")
                  + (", channels_last" if self.channels_last else "") + (", compiled" if c.compile else "")
                  + (f", {self.world} processes x batch {c.batch_size} = global batch {self.world * c.batch_size}"
                     if self.world > 1 else ""))
@@ -177,7 +177,7 @@ class FoldTrainer:
 
     def _validate(self, eval_model) -> tuple[float, dict, list, np.ndarray, np.ndarray, float]:
         t0 = time.perf_counter()
-        probs, labels, index = evaluate(eval_model, self.val_loader, self.amp, in_chans=self.cfg.in_chans,
+        probs, labels, index = validate(eval_model, self.val_loader, self.amp, in_chans=self.cfg.in_chans,
                                         tta=self.cfg.tta)
         index, probs, labels = dist.gather_predictions(probs, labels, index=index)
         val_s = time.perf_counter() - t0

@@ -44,14 +44,14 @@ def _infer(model: nn.Module, loader: Iterable, amp: Amp, in_chans: int, tta: boo
         bar.close()
         model.train(was_training)
     if not probs:
-        raise ValueError("evaluate/predict: the loader yielded no batch")
+        raise ValueError("validate/predict: the loader yielded no batch")
     out_p = torch.cat(probs).float().cpu().numpy()
     out_i = torch.cat(index).cpu().numpy().astype(np.int64)
     out_l = torch.cat(labels).float().cpu().numpy() if want_labels else None
     return out_p, out_l, out_i
 
 
-def evaluate(model: nn.Module, loader: Iterable, amp: Amp, *, in_chans: int = 1, tta: bool = False,
+def validate(model: nn.Module, loader: Iterable, amp: Amp, *, in_chans: int = 1, tta: bool = False,
              progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probs (N,C) float32, labels (N,C) float32 with NaN, index (N,) int64) in loader order; probabilities are
     sigmoid of the refined logits, TTA = mean over the image and its horizontal flip."""
@@ -60,6 +60,6 @@ def evaluate(model: nn.Module, loader: Iterable, amp: Amp, *, in_chans: int = 1,
 
 def predict(model: nn.Module, loader: Iterable, amp: Amp, *, in_chans: int = 1, tta: bool = False,
             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(probs (N,C) float32, index (N,) int64) in loader order, as `evaluate` without labels."""
+    """(probs (N,C) float32, index (N,) int64) in loader order, as `validate` without labels."""
     probs, _, index = _infer(model, loader, amp, in_chans, tta, progress, want_labels=False)
     return probs, index

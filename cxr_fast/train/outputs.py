@@ -1,5 +1,5 @@
-"""The run folder (`--out_dir`): every file name a run writes, the set-up of a fresh or resumed folder (config,
-folds.csv, stale-file clean-up), and the per-epoch log. Only rank 0 writes here."""
+"""Writing the run folder (`--out_dir`; names in `cxr_fast.run_folder`): the set-up of a fresh or resumed folder
+(config, folds.csv, stale-file clean-up), the per-epoch log and the OOF/submission CSVs. Only rank 0 writes."""
 
 from __future__ import annotations
 
@@ -8,39 +8,22 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cxr_fast import dist
 from cxr_fast.atomic import atomic_path, write_json_atomic
 from cxr_fast.data.folds import write_folds_csv
 from cxr_fast.errors import UserError
+from cxr_fast.run_folder import RunPaths
 from cxr_fast.train import resume
 from cxr_fast.train.config import TrainConfig, config_differences
 
 
-class RunFolder:
+class RunFolder(RunPaths):
+    """The writer's side of the run folder: its paths come from `cxr_fast.run_folder`."""
+
     def __init__(self, out_dir: str | Path, model_name: str):
-        self.root = Path(out_dir)
-        self.model_name = model_name
-        self.state = self.root / "state"
-        self.config = self.root / "config.json"
-        self.folds_csv = self.root / "folds.csv"
-        self.metrics = self.root / "metrics.jsonl"
-        self.last = self.root / "last.pth"
-        self.oof = self.root / "oof.csv"
-        self.oof_labels = self.root / "oof_labels.csv"
-        self.cv_summary = self.root / "cv_summary.json"
-        self.thresholds = self.root / "thresholds.json"
-        self.report = self.root / "report.html"
-
-    def checkpoint(self, k: int) -> Path:
-        """The best-epoch checkpoint of fold k (1-based)."""
-        return self.root / f"{self.model_name}_fold{k}.pth"
-
-    def fold_summary(self, k: int) -> Path:
-        return self.state / f"fold{k}.json"
-
-    def fold_oof(self, k: int) -> Path:
-        return self.state / f"fold{k}_oof.npz"
+        super().__init__(out_dir, model_name)
 
     def prepare(self, cfg: TrainConfig, names: list[str], folds: np.ndarray) -> None:
         """Rank 0: a fresh run removes what an earlier run left (its state, last.pth, metrics); a resumed one checks
@@ -61,7 +44,7 @@ class RunFolder:
         """A fresh run in a used folder: what an earlier run left would mix into this one's outputs (an old fold
         checkpoint in an `outputs/*_fold*.pth` ensemble, an old oof.csv or report), so it goes, and the log says so."""
         old = [self.state, self.last, self.metrics, self.oof, self.oof_labels, self.cv_summary, self.thresholds,
-               self.report, *sorted(self.root.glob(f"{self.model_name}_fold*.pth"))]
+               self.report, *self.checkpoints()]
         removed = []
         for stale in old:
             if stale.is_dir():
@@ -114,3 +97,25 @@ class RunFolder:
         index = np.concatenate(idx)
         order = np.argsort(index)
         return index[order], np.concatenate(probs)[order]
+
+
+def write_predictions_csv(path: str | Path, names: list[str], label_names: list[str], probs: np.ndarray,
+                          image_col: str = "Image_name", extra: dict | None = None) -> None:
+    """`Image_name` + one probability column per label, written atomically."""
+    path = Path(path)
+    df = pd.DataFrame(probs, columns=label_names)
+    for k, v in reversed(list((extra or {}).items())):
+        df.insert(0, k, v)
+    df.insert(0, image_col, names)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.9g")  # float32 round-trips exactly
+
+
+def write_labels_csv(path: str | Path, names: list[str], label_names: list[str], labels: np.ndarray,
+                     image_col: str = "Image_name") -> None:
+    """`Image_name` + one 0/1 column per label (blank = unknown), written atomically: the truth beside `oof.csv`,
+    as `cxr-eval --truth` and `cxr-compare` read it."""
+    df = pd.DataFrame(labels, columns=label_names).astype("Int64")
+    df.insert(0, image_col, names)
+    with atomic_path(Path(path)) as tmp:
+        df.to_csv(tmp, index=False)

@@ -10,14 +10,15 @@ import torch
 
 from cxr_fast import dist
 from cxr_fast.atomic import write_json_atomic
-from cxr_fast.data.run_data import RunData
 from cxr_fast.errors import UserError
-from cxr_fast.inference import ensemble_predict, load_fold_checkpoints, write_labels_csv, write_predictions_csv
-from cxr_fast.metrics import macro_auc
+from cxr_fast.evaluate.metrics import macro_auc
 from cxr_fast.train.amp import Amp
+from cxr_fast.train.checkpoint import load_fold_checkpoints
 from cxr_fast.train.config import TrainConfig
 from cxr_fast.train.fold import FoldTrainer, num
-from cxr_fast.train.outputs import RunFolder
+from cxr_fast.train.outputs import RunFolder, write_labels_csv, write_predictions_csv
+from cxr_fast.train.predict import ensemble_predict
+from cxr_fast.train.run_data import RunData
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,7 +111,7 @@ class Run:
         """report.html: the run's evidence in one self-contained page (`cxr-report RUN_DIR` rebuilds it)."""
         if not dist.is_main():
             return
-        from cxr_fast.evaluate.report import write_report
+        from cxr_fast.evaluate.run_report import write_report
 
         try:
             dist.log(f"wrote {write_report(self.folder.root, seed=self.cfg.seed)}")

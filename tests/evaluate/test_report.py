@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from cxr_fast.cli.report import main
-from cxr_fast.evaluate.report import write_report
+from cxr_fast.evaluate.run_report import write_report
 from tests.evaluate.conftest import make_data, make_run, write_pred_truth
 
 PNG = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')

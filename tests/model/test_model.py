@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from cxr_fast.errors import UserError
-from cxr_fast.metrics import macro_auc
+from cxr_fast.evaluate.metrics import macro_auc
 from cxr_fast.model import CXRClassifier, unwrap
 from cxr_fast.model import backbone as backbone_mod
 from cxr_fast.model.backbone import create_backbone

@@ -262,7 +262,7 @@ def test_test_only_shards(tmp_path):
     root = make_data(tmp_path, n=3, n_test=5)
     man = write_test_shards(root / "test", tmp_path / "out", LABELS, samples_per_shard=2, workers=1, progress=False,
                             log=None)
-    assert man["folds"] == 0 and rd.split_names(man) == ["test"] and len(man["shards"]) == 3
+    assert man["folds"] == 0 and rd.manifest_splits(man) == ["test"] and len(man["shards"]) == 3
     ss = rd.sample_set(tmp_path / "out", man, ["test"])
     assert sorted(ss.index.tolist()) == list(range(5)) and np.isnan(ss.labels).all()
     assert verify_shards(tmp_path / "out", workers=1)[0] == []

@@ -19,7 +19,7 @@ from cxr_fast.model.refiner import LabelGraphRefiner
 from cxr_fast.train import engine
 from cxr_fast.train.amp import Amp
 from cxr_fast.train.engine import build_optimizer, build_scheduler, train_one_epoch
-from cxr_fast.train.infer import evaluate, predict
+from cxr_fast.train.infer import predict, validate
 
 CPU = torch.device("cpu")
 
@@ -235,7 +235,7 @@ def test_training_learns_and_makes_couplings_sparse_where_labels_cooccur():
     assert stats[-1]["refiner_l1"] == pytest.approx(A.abs().sum().item(), rel=1e-5)
     # label 1 is predicted through the coupling alone; the EMA model (refiner included) predicts it too
     for m in (model, ema.module):
-        probs, y, idx = evaluate(m, TensorLoader(images, labels, batch_size=64), Amp(CPU, False))
+        probs, y, idx = validate(m, TensorLoader(images, labels, batch_size=64), Amp(CPU, False))
         assert np.array_equal(idx, np.arange(256)) and np.array_equal(y, labels.numpy())
         assert np.corrcoef(probs[:, 1], y[:, 1])[0, 1] > 0.8
     assert ema.module.refiner.A[0, 1] > 0.02
@@ -365,9 +365,9 @@ def test_tta_is_the_mean_of_the_flip_pair():
     images, labels = toy_data(n=10)
     loader = TensorLoader(images, labels, batch_size=4)
     model.train()
-    probs_tta, y, idx = evaluate(model, loader, Amp(CPU, False), tta=True)
+    probs_tta, y, idx = validate(model, loader, Amp(CPU, False), tta=True)
     assert model.training  # the caller's mode is restored
-    probs, _, _ = evaluate(model, loader, Amp(CPU, False), tta=False)
+    probs, _, _ = validate(model, loader, Amp(CPU, False), tta=False)
     with torch.no_grad():
         model.eval()
         x = normalize(images, 1)
@@ -386,6 +386,6 @@ def test_evaluate_keeps_loader_order_and_index():
     images, labels = toy_data(n=12)
     loader = TensorLoader(images, labels, batch_size=5, shuffle=True, seed=3)
     order = torch.randperm(12, generator=torch.Generator().manual_seed(3)).numpy()
-    probs, y, idx = evaluate(toy_model(), loader, Amp(CPU, False))
+    probs, y, idx = validate(toy_model(), loader, Amp(CPU, False))
     assert np.array_equal(idx, order) and np.array_equal(y, labels.numpy()[order])
     assert probs.shape == (12, 3)

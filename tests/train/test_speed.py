@@ -19,7 +19,7 @@ from cxr_fast.model.normalize import normalize
 from cxr_fast.train import speed
 from cxr_fast.train.amp import Amp
 from cxr_fast.train.engine import build_optimizer, build_scheduler, train_one_epoch
-from cxr_fast.train.infer import evaluate
+from cxr_fast.train.infer import validate
 from tests.train.test_engine import CPU, TensorLoader, toy_data, toy_model
 
 
@@ -93,8 +93,8 @@ def test_a_channels_last_model_evaluates_like_the_contiguous_one_and_trains():
         m.train()
         with torch.no_grad():
             m(normalize(images, 3, memory_format=speed.model_memory_format(m)))
-    want, _, _ = evaluate(plain, loader, Amp(CPU, False), in_chans=3, tta=True)
-    got, _, _ = evaluate(model, loader, Amp(CPU, False), in_chans=3, tta=True)
+    want, _, _ = validate(plain, loader, Amp(CPU, False), in_chans=3, tta=True)
+    got, _, _ = validate(model, loader, Amp(CPU, False), in_chans=3, tta=True)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     ema = ModelEma(model)
     opt = build_optimizer(model, 1e-2, 1e-4)

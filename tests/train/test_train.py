@@ -53,7 +53,7 @@ def test_outputs_and_checkpoint_keys(pil_run):
 def test_oof_auc_matches_fold_checkpoints(pil_run):
     """The OOF probabilities are the best epoch's validation predictions: recomputing each fold's macro-AUC from
     oof.csv gives the AUC stored in that fold's checkpoint."""
-    from cxr_fast.metrics import macro_auc
+    from cxr_fast.evaluate.metrics import macro_auc
 
     data, out = pil_run
     oof = pd.read_csv(out / "oof.csv")

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cxr_fast.evaluate.html as H
+import cxr_fast.run_folder as rf
 from cxr_fast.atomic import write_text_atomic
-from cxr_fast.evaluate.eval_report import eval_summary_html
+from cxr_fast.evaluate.eval_page import eval_summary_html
 from cxr_fast.evaluate.inputs import EvalData
-from cxr_fast.evaluate.report_parts import couplings_section, curves_section, throughput_section
+from cxr_fast.evaluate.run_sections import couplings_section, curves_section, throughput_section
 
-REPORT_NAME = "report.html"
+REPORT_NAME = rf.REPORT
 
 
 def _json(path: Path):
@@ -25,7 +26,7 @@ def _json(path: Path):
 
 
 def config_section(run: Path, ctx: dict) -> str:
-    path = run / "config.json"
+    path = run / rf.CONFIG
     if not path.is_file():
         return H.note("No config.json in the run folder: the configuration is not shown.")
     cfg = _json(path)
@@ -35,7 +36,7 @@ def config_section(run: Path, ctx: dict) -> str:
 
 
 def folds_section(run: Path, ctx: dict) -> str:
-    path = run / "cv_summary.json"
+    path = run / rf.CV_SUMMARY
     if not path.is_file():
         return H.note("No cv_summary.json: the run did not finish its cross-validation, so there is no per-fold "
                       "table.")
@@ -62,7 +63,7 @@ def oof_section(run: Path, ctx: dict) -> str:
     from cxr_fast.evaluate.plots import roc_figure
     from cxr_fast.evaluate.runs import read_run
 
-    for name in ("oof.csv", "oof_labels.csv"):
+    for name in (rf.OOF, rf.OOF_LABELS):
         if not (run / name).is_file():
             return H.note(f"No {name} in the run folder: no out-of-fold AUCs with confidence intervals and no ROC "
                           f"curves.")
@@ -77,7 +78,7 @@ def oof_section(run: Path, ctx: dict) -> str:
 
 
 def thresholds_section(run: Path, ctx: dict) -> str:
-    path = run / "thresholds.json"
+    path = run / rf.THRESHOLDS
     if not path.is_file():
         return H.note("No thresholds.json: operating thresholds were not written for this run.")
     doc = _json(path)

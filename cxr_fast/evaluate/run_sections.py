@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 import cxr_fast.evaluate.html as H
+from cxr_fast.run_folder import METRICS, RunPaths
 
 
 def read_metrics(run: Path, ctx: dict) -> list[dict]:
     """metrics.jsonl records (cached in ctx); unreadable lines are skipped and counted in ctx["bad_lines"]."""
     if "records" not in ctx:
         recs, bad = [], 0
-        path = run / "metrics.jsonl"
+        path = run / METRICS
         if path.is_file():
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
@@ -60,14 +61,13 @@ def throughput_section(run: Path, ctx: dict) -> str:
 
 def _checkpoints(run: Path, ctx: dict) -> list[Path]:
     model = ctx.get("config", {}).get("model")
-    paths = sorted(run.glob(f"{model}_fold*.pth")) if model else []
-    return paths or sorted(run.glob("*_fold*.pth"))
+    return (RunPaths(run, model).checkpoints() if model else []) or RunPaths(run).checkpoints()
 
 
 def couplings_section(run: Path, ctx: dict) -> str:
     import torch
 
-    from cxr_fast.couplings import mean_coupling, plot_heatmap, top_couplings
+    from cxr_fast.evaluate.couplings import mean_coupling, plot_heatmap, top_couplings
     from cxr_fast.evaluate.plots import png_file_base64
 
     paths = _checkpoints(run, ctx)
