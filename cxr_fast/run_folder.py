@@ -15,7 +15,7 @@ FORMAT_VERSION = 1  # also the fold checkpoints' "format_version"
 CONFIG = "config.json"            # the resolved TrainConfig (a valid --config file)
 FOLDS_CSV = "folds.csv"           # image name -> fold (1..K)
 METRICS = "metrics.jsonl"         # one JSON record per fold and epoch
-LAST = "last.pth"                 # the fold in progress (for --resume); removed when the fold ends
+LAST = "last.pth"                 # the fold in progress (for --resume); the next fold overwrites it
 OOF = "oof.csv"                   # out-of-fold probabilities: image, fold, one column per label
 OOF_LABELS = "oof_labels.csv"     # the truth of oof.csv's rows (blank = unknown)
 CV_SUMMARY = "cv_summary.json"    # per-fold results, mean/std, pooled OOF macro-AUC

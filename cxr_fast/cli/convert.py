@@ -12,6 +12,7 @@ Train on the result with the image folder = the converter's root and `--group_co
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cxr_fast.convert.chexpert import MISSING_CHOICES, UNCERTAIN_CHOICES, convert_chexpert
@@ -93,3 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         conv = convert_mimic(args.root, split=args.mimic_split, **opts)
     _emit(conv, out)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,8 +20,8 @@ from .conftest import LABELS, SIZE, THRESHOLDS, make_checkpoint
 
 
 def _readme_snippet() -> str:
-    """The README's onnxruntime example (the python block after its `onnx-example` marker), run as written."""
-    text = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    """docs/deploy.md's onnxruntime example (the python block after its `onnx-example` marker), run as written."""
+    text = (Path(__file__).parents[2] / "docs" / "deploy.md").read_text(encoding="utf-8")
     block = text[text.index("<!-- onnx-example"):]
     return block[block.index("```python\n") + 10:block.index("\n```", block.index("```python"))] + "\n"
 
