@@ -8,6 +8,11 @@ The images are a few generated PNG/JPEG files hard-linked under every row's name
 (`scale.py _stage ...`), which reports its wall time and peak resident memory (itself and its largest child, from
 `resource.getrusage`) and its memory right after imports, so `(peak - base) / rows` is the per-row growth.
 Writes `<results>.json` and a markdown table `<results>.md`.
+
+    python benchmarks/scale.py --mode jpeg-draft [--images 16] [--resize 512] [--results benchmarks/results/jpeg-draft]
+
+times cxr-shard's per-image encode on MIMIC-sized JPEGs before/after reduced-scale JPEG decoding
+(`bench_jpeg_draft.py`).
 """
 
 from __future__ import annotations
@@ -229,6 +234,20 @@ def write_results(res: dict, prefix: Path) -> None:
     write_text_atomic(prefix.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
+def jpeg_draft(args, work: Path) -> dict:
+    """`--mode jpeg-draft`: bench_jpeg_draft.run, written as <results>.json and .md."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_* helpers beside this file
+    import bench_jpeg_draft
+
+    from cxr_fast.atomic import write_json_atomic, write_text_atomic
+
+    w, h = (int(v) for v in args.jpeg_size.lower().split("x"))
+    res = bench_jpeg_draft.run(work, args.images, (w, h), 512 if args.resize is None else args.resize, args.repeats)
+    write_json_atomic(Path(args.results).with_suffix(".json"), res)
+    write_text_atomic(Path(args.results).with_suffix(".md"), bench_jpeg_draft.markdown(res))
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=112_120, help="dataset rows (default: NIH ChestX-ray14's 112,120)")
@@ -236,7 +255,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "scale")
     p.add_argument("--source_px", type=int, default=256)
-    p.add_argument("--resize", type=int, default=128)
+    p.add_argument("--mode", choices=("pipeline", "jpeg-draft"), default="pipeline",
+                   help="pipeline: the scale run above; jpeg-draft: encode img/s on MIMIC-sized JPEGs, before/after")
+    p.add_argument("--images", type=int, default=16, help="jpeg-draft: distinct source images (default 16)")
+    p.add_argument("--repeats", type=int, default=3, help="jpeg-draft: encodes of each image per mode (default 3)")
+    p.add_argument("--jpeg_size", default="2544x3056", help="jpeg-draft: source W x H (default MIMIC's 2544x3056)")
+    p.add_argument("--resize", type=int, default=None, help="cxr-shard --resize (default 128; jpeg-draft 512)")
     p.add_argument("--workers", type=int, default=None, help="cxr-shard --workers (default: its own default)")
     p.add_argument("--kill_at", type=float, default=0.55)
     p.add_argument("--model", default="test_resnet")
@@ -247,6 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
     from cxr_fast.shards.cpus import default_workers
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cxr-scale-"))
+    if args.mode == "jpeg-draft":
+        return jpeg_draft(args, work)
+    args.resize = 128 if args.resize is None else args.resize
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     data = work / "data"

@@ -4,7 +4,9 @@
     cxr-shard verify shards/mydata
 
 The format is docs/shard-format.md; the manifest.json is written last, so a folder without it is incomplete.
-A killed or stopped run (bad images) resumes when rerun with the same arguments: finished work is checked and kept.
+A killed or stopped run (bad images, a full disk) resumes when rerun with the same arguments: finished work is
+checked and kept. One run per OUT at a time (OUT/.lock; a killed holder never blocks); a build that clearly will not
+fit on the disk is refused before it starts, with the bytes needed and free.
 """
 
 from __future__ import annotations

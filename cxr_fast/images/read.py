@@ -4,6 +4,8 @@
 16-bit image has no range and reads as all zeros. Every 8-bit mode is read as gray: RGB/CMYK/palette by luminance,
 1-bit as 0/255; an alpha channel (RGBA, LA, PA, a palette's transparency) is ignored, never composited.
 DICOM goes through `cxr_fast.images.dicom` (optional extra `cxr_fast[dicom]`).
+A caller that will shrink the image (`shrink_to`) gets a JPEG decoded at a reduced DCT scale (1/2, 1/4, 1/8: the
+smallest still at least the shrunk size), which skips most of the decoding work of a 3000 px radiograph.
 """
 
 from __future__ import annotations
@@ -40,10 +42,24 @@ def _to_gray(img: Image.Image) -> Image.Image:
         return img.convert("RGB").convert("L")
 
 
+def shrunk_size(width: int, height: int, resize: int) -> tuple[int, int] | None:
+    """(width, height) with the longest side `resize`, aspect kept; None when no shrink is due (0 or not smaller)."""
+    if not resize or max(width, height) <= resize:
+        return None
+    s = resize / max(width, height)
+    return (resize, max(1, round(height * s))) if width >= height else (max(1, round(width * s)), resize)
+
+
 def read_gray8(
-    path: str | Path, window: tuple[float, float] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path, window: tuple[float, float] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+    shrink_to: int = 0,
 ) -> tuple[np.ndarray, ImageInfo]:
-    """Decode `path` to a (H, W) uint8 array plus its original size and bit depth. Raises UserError naming the file."""
+    """Decode `path` to a (H, W) uint8 array plus its original size and bit depth. Raises UserError naming the file.
+
+    `shrink_to` > 0: the caller will shrink the image to that longest side (`shrunk_size` of the original size in
+    the ImageInfo, not of the array's); a JPEG is then decoded at the smallest DCT scale still at least that size, so
+    the array may be smaller than the original (never smaller than the shrunk size). Other formats are unaffected.
+    """
     path = Path(path)
     if path.suffix.lower() == ".dcm":
         return read_dicom_gray8(path, window=window, max_pixels=max_pixels)
@@ -65,6 +81,9 @@ def read_gray8(
                 if w * h > max_pixels:
                     raise UserError(f"{path}: image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels} "
                                     f"(decompression-bomb guard; raise it with --max_pixels)")
+                target = shrunk_size(w, h, shrink_to)
+                if target is not None and img.format == "JPEG":
+                    img.draft("L", target)  # DCT scaling: both sides stay >= target (PIL picks the scale)
                 img.load()
                 depth = _bit_depth(img)
                 if depth > 8:

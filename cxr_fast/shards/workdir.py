@@ -30,6 +30,7 @@ from cxr_fast.shards.encode import Encoded, EncodeOptions, check_file, encode_ch
 
 KEY = "key.json"
 CHUNK_MAX = 64  # images per spool chunk: the unit of re-encoding after a kill
+ENCODER = 2  # bumped when the same options encode other bytes (2: JPEGs decoded at a reduced DCT scale)
 
 
 def digest(obj) -> str:
@@ -54,7 +55,8 @@ class WorkDir:
     def __init__(self, out: Path, paths: list[str], opts: EncodeOptions, args: dict, workers: int):
         self.path = fmt.work_dir(out)
         self.n = len(paths)
-        self.spool_key = {"paths_sha256": digest(paths), "jobs": self.n, "options": digest(repr(opts))}
+        self.spool_key = {"paths_sha256": digest(paths), "jobs": self.n, "options": digest(repr(opts)),
+                          "encoder": ENCODER}
         self.chunk = max(1, min(CHUNK_MAX, -(-self.n // (max(workers, 1) * 8))))
         self.tars = self.path / f"tars-{digest(args)[:16]}"
         self.resumed = False
@@ -72,7 +74,17 @@ class WorkDir:
             if d != self.tars:
                 shutil.rmtree(d, ignore_errors=True)  # journals of other arguments: their tars are not ours
         self.tars.mkdir(exist_ok=True)
+        self.remove_temps()
         return self.resumed
+
+    def remove_temps(self) -> int:
+        """Delete the half-written files of a killed or failed (full disk) run: they only take space. The caller
+        holds OUT's lock, so no other run is writing them."""
+        n = 0
+        for p in self.path.rglob("*.tmp"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

@@ -21,16 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_fast.atomic import temp_target
 from cxr_fast.data.folds import make_folds
+from cxr_fast.data.leakage import warn_leakage
 from cxr_fast.data.table import list_test_images, read_table
+from cxr_fast.disk import disk_full, disk_full_message
 from cxr_fast.errors import UserError
 from cxr_fast.images.window import DEFAULT_MAX_PIXELS
+from cxr_fast.lock import folder_lock
 from cxr_fast.shards import format as fmt
 from cxr_fast.shards import read as rd
 from cxr_fast.shards.assemble import Assembly, plan_shards
 from cxr_fast.shards.cpus import default_workers, worker_pool
 from cxr_fast.shards.encode import EncodeOptions
 from cxr_fast.shards.manifest import finish, remove_own_files
+from cxr_fast.shards.space import check_space
 from cxr_fast.shards.workdir import WorkDir, encode_pass
 
 _SHOWN = 5
@@ -70,6 +75,7 @@ def write_shards(
         raise UserError(f"{train_dir}: training image directory not found")
     table = read_table(train_csv, image_col=image_col, labels=labels, uncertain=uncertain, missing=missing,
                        group_col=group_col)
+    warn_leakage(train_csv, image_col=image_col, label_names=table.label_names, group_col=group_col, log=log)
     test_names = list_test_images(test_dir) if test_dir is not None else []
     inputs = _Inputs(
         label_names=table.label_names, names=table.names, labels=table.labels, groups=table.groups,
@@ -117,6 +123,20 @@ def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, q
         "samples_per_shard": samples_per_shard, "skip_bad": skip_bad,
     }
     args = json.loads(json.dumps(args))  # the form it takes in the manifest, so the comparison is exact
+    opts = EncodeOptions(resize, image_format, quality, tuple(window) if window else None, max_pixels)
+    created = not out.exists()
+    try:
+        with folder_lock(out, "cxr-shard"):  # one build per OUT at a time; the kernel releases it if we are killed
+            return _locked_build(inp, out, split_args, args, opts, overwrite=overwrite, skip_bad=skip_bad,
+                                 workers=workers, samples_per_shard=samples_per_shard, progress=progress, log=log)
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _locked_build(inp: _Inputs, out: Path, split_args: dict, args: dict, opts: EncodeOptions, *, overwrite,
+                  skip_bad, workers, samples_per_shard, progress, log) -> dict:
+    """The build itself, under OUT's lock: up-to-date check, space check, encode pass, folds, tars, manifest."""
     state, old = _existing_state(out, args, overwrite)
     if state == "uptodate":
         shutil.rmtree(fmt.work_dir(out), ignore_errors=True)  # a run killed after its manifest was written
@@ -126,11 +146,9 @@ def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, q
     workers = default_workers() if workers is None else workers
     n, t0 = len(inp.names), time.perf_counter()
     paths = [str(inp.train_dir / s) for s in inp.names] + [str(inp.test_dir / s) for s in inp.test_names]
-    opts = EncodeOptions(resize, image_format, quality, tuple(window) if window else None, max_pixels)
     wd = WorkDir(out, paths, opts, args, workers)
-    created = not out.exists()
+    needed = check_space(out, paths, opts, samples_per_shard, log)  # refuse now what clearly cannot fit
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         with worker_pool(workers) as pool:
             resumed = wd.open()
 
@@ -148,7 +166,7 @@ def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, q
             fold_of_ok, method = folds_of(ok_train)
             out.mkdir(exist_ok=True)
             _clean(out, state, resumed, log)
-            asm = Assembly(out, inp.label_names, inp.names, inp.labels, inp.test_names, enc, wd, image_format,
+            asm = Assembly(out, inp.label_names, inp.names, inp.labels, inp.test_names, enc, wd, opts.image_format,
                            progress)
             shards = asm.run(pool, plan_shards(ok_train, fold_of_ok, ok_test, split_args["folds"], split_args["seed"],
                                                samples_per_shard))
@@ -156,18 +174,30 @@ def _build(inp: _Inputs, out: Path, split_args: dict, *, resize, image_format, q
             log(f"reused {asm.reused} of {len(shards)} tars finished by the earlier run")
         manifest = finish(inp, out, asm, shards, split_args, method, args, rejected, ok_train, fold_of_ok, ok_test,
                           enc)
-    finally:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+    except (OSError, RuntimeError) as e:
+        if not disk_full(e):
+            raise
+        _remove_temps(out, wd)  # the pool is stopped: its half-written files only take space now
+        raise UserError(disk_full_message(out, f"the shards of {len(paths)} images (spool in {wd.path})", needed,
+                                          hint="then rerun the same command: finished work is kept")) from None
     wd.remove()  # only after the manifest: until then a rerun resumes from it
 
-    per = ", ".join(f"{s} {manifest['counts'][s]['samples']}" for s in rd.split_names(manifest))
+    per = ", ".join(f"{s} {manifest['counts'][s]['samples']}" for s in rd.manifest_splits(manifest))
     log(f"wrote {len(ok_train) + len(ok_test)} samples ({per}) in {len(shards)} shards, "
         f"{sum(s['bytes'] for s in shards) / 1e6:.1f} MB, to {out} in {time.perf_counter() - t0:.1f} s with "
         f"{max(workers, 1)} worker{'s' if workers > 1 else ''}; encoded {enc.encoded} images"
         + (f", reused {enc.reused} from the earlier run" if enc.reused else "")
         + (f"; {len(rejected)} rejected images are listed in manifest.json" if rejected else ""))
     return manifest
+
+
+def _remove_temps(out: Path, wd: WorkDir) -> None:
+    """Half-written files of a failed build: temporary files in OUT and the work folder (finished ones stay)."""
+    wd.remove_temps()
+    if out.is_dir():
+        for p in out.iterdir():
+            if temp_target(p.name) and fmt.is_own(p.name):
+                p.unlink(missing_ok=True)
 
 
 def _check_splits(inp: _Inputs, n_folds: int) -> None:

@@ -23,3 +23,15 @@ def test_scale_benchmark_smoke(tmp_path):
     assert "note" in resume or (resume["identical_to_fresh"] and resume["ratio_to_fresh"] > 0)
     assert json.loads((tmp_path / "scale.json").read_text())["rows"] == 400
     assert "| shard (fresh build) |" in (tmp_path / "scale.md").read_text()
+
+
+def test_jpeg_draft_benchmark_smoke(tmp_path):
+    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    res = scale.main(["--mode", "jpeg-draft", "--images", "2", "--repeats", "1", "--jpeg_size", "1024x1228",
+                      "--resize", "256", "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "jd")])
+    assert res["img_per_s"]["before_full_decode"] > 0 and res["img_per_s"]["after_reduced_scale_decode"] > 0
+    assert res["difference_grey_levels"]["mean_abs"] < 1.0 and res["machine"]["cores"] >= 1
+    assert json.loads((tmp_path / "jd.json").read_text())["resize"] == 256
+    assert "| after: DCT-scaled" in (tmp_path / "jd.md").read_text()
