@@ -1,17 +1,22 @@
-"""Paired comparison of two training runs on the same folds: OOF macro-AUC delta (A - B) with a paired bootstrap.
+"""Paired comparison of runs trained on the same folds: the within-fold macro-AUC delta (A - B) with a paired
+bootstrap and a corrected resampled t-interval, the pooled OOF delta as a secondary figure, and a verdict.
 
-Both runs are resampled with the same rows (or groups) in every bootstrap resample, so the interval is that of the
-difference, not of two independent AUCs. A run compared with itself gives a delta of 0 with a CI of [0, 0].
+`--a RUN [RUN...] --b RUN [RUN...]`: r runs per arm (e.g. seeds), paired by position; every run must have the
+same folds. The statistics are in `compare_stats` (why within-fold: see there and docs/evidence.md). A run compared
+with itself gives a delta of 0 with both intervals [0, 0].
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
 from cxr_fast.errors import UserError
 from cxr_fast.evaluate.bootstrap import ci95
-from cxr_fast.evaluate.metrics import bootstrap_label_stats, macro_of, macro_point, point_values
+from cxr_fast.evaluate.compare_stats import decide, fold_deltas, pooled_delta, t_interval
 from cxr_fast.evaluate.runs import RunOOF, read_folds, read_groups, read_run
+from cxr_fast.run_folder import RunPaths
 
 
 def check_same_folds(a: RunOOF, b: RunOOF) -> None:
@@ -27,75 +32,113 @@ def check_same_folds(a: RunOOF, b: RunOOF) -> None:
                         f"{diff[0]!r}): train both with the same --seed and --folds (and --group_col)")
 
 
-def align(a: RunOOF, b: RunOOF) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The OOF rows and labels both runs have: (names, labels, truth, probs_a, probs_b, folds)."""
-    labels = [n for n in a.label_names if n in b.label_names]
+def align_all(runs: list[RunOOF]) -> tuple[list[str], list[str], np.ndarray, list[np.ndarray], np.ndarray]:
+    """The OOF rows and labels every run has: (names, labels, truth, probs of each run, folds), in the first run's
+    order. UserError when the runs share no label or row, or their truth differs."""
+    first = runs[0]
+    labels = [n for n in first.label_names if all(n in r.label_names for r in runs[1:])]
     if not labels:
-        raise UserError(f"{a.run_dir} and {b.run_dir} share no label")
-    ib = {n: i for i, n in enumerate(b.names)}
-    rows_a = [i for i, n in enumerate(a.names) if n in ib]
-    if not rows_a:
-        raise UserError(f"{a.run_dir} and {b.run_dir} have no out-of-fold image in common")
-    rows_b = [ib[a.names[i]] for i in rows_a]
-    ca = [a.label_names.index(n) for n in labels]
-    cb = [b.label_names.index(n) for n in labels]
-    ta, tb = a.labels[np.ix_(rows_a, ca)], b.labels[np.ix_(rows_b, cb)]
-    if not np.array_equal(np.isnan(ta), np.isnan(tb)) or not np.array_equal(np.nan_to_num(ta), np.nan_to_num(tb)):
-        raise UserError(f"{a.run_dir}/oof_labels.csv and {b.run_dir}/oof_labels.csv differ: the runs used other "
-                        f"labels (e.g. another --uncertain / --missing policy)")
-    names = [a.names[i] for i in rows_a]
-    return names, labels, ta, a.probs[np.ix_(rows_a, ca)], b.probs[np.ix_(rows_b, cb)], a.folds[rows_a]
+        raise UserError(f"{', '.join(str(r.run_dir) for r in runs)} share no label")
+    index = [{n: i for i, n in enumerate(r.names)} for r in runs]
+    names = [n for n in first.names if all(n in ix for ix in index[1:])]
+    if not names:
+        raise UserError(f"{', '.join(str(r.run_dir) for r in runs)} have no out-of-fold image in common")
+    truth, probs, folds = None, [], None
+    for r, ix in zip(runs, index):
+        rows, cols = [ix[n] for n in names], [r.label_names.index(n) for n in labels]
+        t = r.labels[np.ix_(rows, cols)]
+        if truth is None:
+            truth, folds = t, r.folds[rows]
+        elif not np.array_equal(np.isnan(t), np.isnan(truth)) or not np.array_equal(np.nan_to_num(t),
+                                                                                      np.nan_to_num(truth)):
+            raise UserError(f"{RunPaths(first.run_dir).oof_labels} and {RunPaths(r.run_dir).oof_labels} differ: the "
+                            f"runs used other labels (e.g. another --uncertain / --missing policy)")
+        probs.append(r.probs[np.ix_(rows, cols)])
+    return names, labels, truth, probs, folds
 
 
-def verdict(a_name: str, b_name: str, delta: float | None, ci: list[float] | None) -> str:
-    """One line: the delta, its CI, and whether the CI excludes 0."""
-    if delta is None:
-        return f"{a_name} - {b_name}: no macro-AUC (no label has both classes)"
-    if ci is None:
-        return f"{a_name} - {b_name}: {delta:+.3f} macro-AUC (no bootstrap CI)"
-    word = ("not distinguishable from no effect" if ci[0] <= 0.0 <= ci[1]
-            else f"{a_name if ci[0] > 0 else b_name} better")
-    return f"{a_name} - {b_name}: {delta:+.3f} macro-AUC, 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]: {word}"
+def align(a: RunOOF, b: RunOOF) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`align_all` of two runs: (names, labels, truth, probs_a, probs_b, folds)."""
+    names, labels, y, (pa, pb), folds = align_all([a, b])
+    return names, labels, y, pa, pb, folds
 
 
-def per_fold(labels: np.ndarray, pa: np.ndarray, pb: np.ndarray, folds: np.ndarray) -> list[dict]:
-    """Macro-AUC of A and B on the OOF rows of each fold (= each fold's validation set), and their delta."""
-    out = []
-    for k in np.unique(folds):
-        m = folds == k
-        va, vb = macro_point(labels[m], pa[m]), macro_point(labels[m], pb[m])
-        out.append({"fold": int(k), "a": va, "b": vb,
-                    "delta": va - vb if va is not None and vb is not None else None})
+def fold_size_ratio(run_dir: Path, folds_used: np.ndarray) -> float:
+    """Mean validation size over mean training size of the folds scored, from folds.csv (the t-interval's n_val /
+    n_train: a fold trains on every other fold)."""
+    fs = read_folds(run_dir).to_numpy()
+    fs = fs[np.isfinite(fs)]
+    ks = np.unique(folds_used)
+    n_val = np.array([(fs == k).sum() for k in ks], dtype=np.float64)
+    return float(n_val.mean() / max(len(fs) - n_val.mean(), 1.0))
+
+
+def _as_list(runs) -> list[Path]:
+    return [Path(r) for r in ([runs] if isinstance(runs, (str, Path)) else runs)]
+
+
+def _arm_name(runs: list[Path]) -> str:
+    name = runs[0].resolve().name
+    return name if len(runs) == 1 else f"{name} (+{len(runs) - 1} run{'s' if len(runs) > 2 else ''})"
+
+
+def _mean_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Element-wise mean over the finite entries of equally shaped arrays (NaN where none is finite)."""
+    x = np.stack(rows)
+    ok = np.isfinite(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok.any(0), np.where(ok, x, 0.0).sum(0) / np.maximum(ok.sum(0), 1), np.nan)
+
+
+def _per_label(label_names: list[str], entries: list[dict]) -> dict:
+    """Per label: the mean within-fold AUC delta over the (run pair, fold) entries where the label has both
+    classes, with its bootstrap CI."""
+    out = {}
+    for j, name in enumerate(label_names):
+        use = [e for e in entries if np.isfinite(e["_labels"][j])]
+        boot = [e["_boot_labels"][:, j] for e in use if e["_boot_labels"] is not None]
+        value = float(np.mean([e["_labels"][j] for e in use])) if use else None
+        out[name] = {"a": float(np.mean([e["_la"][j] for e in use])) if use else None,
+                     "b": float(np.mean([e["_lb"][j] for e in use])) if use else None,
+                     "delta": {"value": value,
+                               "ci95": ci95(_mean_rows(boot)) if use and len(boot) == len(use) else None}}
     return out
 
 
 def compare_runs(run_a, run_b, *, n_boot: int = 1000, seed: int = 0, group_col: str | None = None,
                  progress: bool | None = None) -> dict:
-    """The compare.json dictionary: a, b, a_value, b_value, delta {value, ci95}, per_fold, per_label, verdict."""
-    a, b = read_run(run_a), read_run(run_b)
-    check_same_folds(a, b)
-    names, label_names, y, pa, pb, folds = align(a, b)
-    groups = read_groups(a.run_dir, group_col, a.image_col, names) if group_col else None
-    usable = np.array([point_values(y[~np.isnan(y[:, j]), j], pa[~np.isnan(y[:, j]), j])["auc"] is not None
-                       for j in range(len(label_names))])
-    a_value, b_value = macro_point(y, pa), macro_point(y, pb)
-    delta = a_value - b_value if a_value is not None else None
-    dm, dl = None, None
-    if n_boot > 0 and usable.any():
-        ba = bootstrap_label_stats(y, pa, groups, n_boot, seed, progress)["auc"]
-        bb = bootstrap_label_stats(y, pb, groups, n_boot, seed, progress)["auc"]  # same seed: same resamples
-        dm, dl = macro_of(ba, usable) - macro_of(bb, usable), ba - bb
-    per_label = {}
-    for j, name in enumerate(label_names):
-        known = ~np.isnan(y[:, j])
-        va, vb = (point_values(y[known, j], p[known, j])["auc"] for p in (pa, pb))
-        per_label[name] = {"a": va, "b": vb, "delta": {"value": va - vb if usable[j] else None,
-                                                       "ci95": ci95(dl[:, j]) if dl is not None and usable[j]
-                                                       else None}}
-    ci = ci95(dm) if dm is not None else None
-    a_name, b_name = a.run_dir.resolve().name, b.run_dir.resolve().name
-    return {"a": str(a.run_dir), "b": str(b.run_dir), "n": len(names), "labels": label_names,
-            "a_value": a_value, "b_value": b_value, "delta": {"value": delta, "ci95": ci},
-            "per_fold": per_fold(y, pa, pb, folds), "per_label": per_label,
-            "verdict": verdict(a_name, b_name, delta, ci), "bootstrap": int(n_boot), "seed": int(seed),
-            "resampling": "groups" if groups is not None else "rows"}
+    """The compare.json dictionary (run_a / run_b: a run folder or a list, paired by position): a, b, runs_a,
+    runs_b, n, labels, a_value, b_value (mean per-fold macro-AUCs), delta {value, ci95, t_ci95}, ci95, t_ci95,
+    t_test, decided_by, outcome, verdict, per_fold, per_label, pooled, bootstrap, seed, resampling."""
+    runs_a, runs_b = _as_list(run_a), _as_list(run_b)
+    if len(runs_a) != len(runs_b) or not runs_a:
+        raise UserError(f"--a has {len(runs_a)} run(s) and --b {len(runs_b)}: runs are paired by position "
+                        f"(e.g. the same seed in both arms), give as many in each")
+    runs = [read_run(r) for r in runs_a + runs_b]
+    for other in runs[1:]:
+        check_same_folds(runs[0], other)
+    names, label_names, y, probs, folds = align_all(runs)
+    r = len(runs_a)
+    groups = read_groups(runs[0].run_dir, group_col, runs[0].image_col, names) if group_col else None
+    entries = []
+    for i in range(r):
+        for e in fold_deltas(y, probs[i], probs[r + i], folds, groups, n_boot, seed, progress):
+            entries.append({"pair": i + 1, **e})
+    defined = [e for e in entries if e["delta"] is not None]
+    delta = float(np.mean([e["delta"] for e in defined])) if defined else None
+    boots = [e["_boot"] for e in defined if e["_boot"] is not None]
+    ci = ci95(_mean_rows(boots)) if defined and len(boots) == len(defined) else None
+    t = t_interval([e["delta"] for e in defined], fold_size_ratio(runs[0].run_dir, folds))
+    text, by, outcome = decide(_arm_name(runs_a), _arm_name(runs_b), delta, ci, t["ci95"])
+    return {"a": str(runs_a[0]), "b": str(runs_b[0]), "runs_a": [str(p) for p in runs_a],
+            "runs_b": [str(p) for p in runs_b], "image_col": runs[0].image_col, "n": len(names), "labels": label_names,
+            "statistic": "mean over folds (and run pairs) of the macro-AUC difference A - B, each fold's models "
+                         "scored on that fold's out-of-fold rows",
+            "a_value": float(np.mean([e["a"] for e in defined])) if defined else None,
+            "b_value": float(np.mean([e["b"] for e in defined])) if defined else None,
+            "delta": {"value": delta, "ci95": ci, "t_ci95": t["ci95"]}, "ci95": ci, "t_ci95": t["ci95"],
+            "t_test": {k: v for k, v in t.items() if k != "ci95"}, "decided_by": by, "outcome": outcome,
+            "verdict": text, "per_fold": [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries],
+            "per_label": _per_label(label_names, entries),
+            "pooled": pooled_delta(y, probs[:r], probs[r:], groups, n_boot, seed, progress),
+            "bootstrap": int(n_boot), "seed": int(seed), "resampling": "groups" if groups is not None else "rows"}

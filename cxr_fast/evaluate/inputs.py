@@ -68,7 +68,7 @@ def read_probabilities(path: str | Path, image_col: str, label_names: list[str])
 
 
 def shared_labels(pred_path: Path, truth_path: Path, image_col: str, group_col: str | None,
-                  labels: str | list[str] | None) -> list[str]:
+                  labels: str | list[str] | None, study_col: str | None = None) -> list[str]:
     """--labels (each must be in both files), else the non-image columns both headers share."""
     pred_cols = [str(c).strip() for c in read_csv_text(pred_path, "predictions").columns]
     truth_cols = [str(c).strip() for c in read_csv_text(truth_path, "truth").columns]
@@ -79,7 +79,7 @@ def shared_labels(pred_path: Path, truth_path: Path, image_col: str, group_col: 
             if absent:
                 raise UserError(f"{path}: label column(s) {_first(absent)} named in --labels are not in the file")
         return wanted
-    skip = {image_col, group_col, *NOT_LABELS}
+    skip = {image_col, group_col, study_col, *NOT_LABELS}
     shared = [c for c in pred_cols if c in truth_cols and c not in skip]
     if not shared:
         raise UserError(f"{pred_path} and {truth_path} share no label column (predictions: "
@@ -89,10 +89,11 @@ def shared_labels(pred_path: Path, truth_path: Path, image_col: str, group_col: 
 
 def read_eval_inputs(pred: str | Path, truth: str | Path, *, image_col: str = "Image_name",
                      labels: str | list[str] | None = None, group_col: str | None = None,
-                     uncertain: str = "ignore", missing: str = "ignore") -> EvalData:
-    """PRED and TRUTH aligned row by row (in TRUTH's order). Every PRED name must be in TRUTH and the reverse."""
+                     uncertain: str = "ignore", missing: str = "ignore", study_col: str | None = None) -> EvalData:
+    """PRED and TRUTH aligned row by row (in TRUTH's order). Every PRED name must be in TRUTH and the reverse.
+    `study_col` is neither a label nor reported as not evaluated (see `evaluate.study`)."""
     pred, truth = Path(pred), Path(truth)
-    names = shared_labels(pred, truth, image_col, group_col, labels)
+    names = shared_labels(pred, truth, image_col, group_col, labels, study_col)
     t = read_table(truth, image_col=image_col, labels=names, uncertain=uncertain, missing=missing,
                    group_col=group_col, log=None)
     p = read_probabilities(pred, image_col, names)
@@ -105,7 +106,7 @@ def read_eval_inputs(pred: str | Path, truth: str | Path, *, image_col: str = "I
         raise UserError(f"{truth}: {len(missing_names)} image name(s) have no prediction in {pred}, "
                         f"e.g. {_first(missing_names)}")
     probs = p.loc[t.names, names].to_numpy(dtype=np.float64)
-    skip = {image_col, group_col, *NOT_LABELS, *names}
+    skip = {image_col, group_col, study_col, *NOT_LABELS, *names}
     other = {str(path): [c for c in read_csv_text(path).columns if str(c).strip() not in skip] for path in (pred, truth)}
     return EvalData(names=list(t.names), labels=t.labels.astype(np.float64), probs=probs, label_names=names,
                     groups=t.groups, not_evaluated={k: v for k, v in other.items() if v})

@@ -68,18 +68,37 @@ def read_run(run_dir: str | Path, labels: list[str] | None = None) -> RunOOF:
                   label_names=list(names))
 
 
+def training_csv(run_dir: Path) -> Path | None:
+    """The run's training CSV: config.json's train_csv, or the train_csv its shards were built from (manifest
+    source); None when neither is recorded or readable."""
+    try:
+        cfg = json.loads(RunPaths(run_dir).config.read_text())
+    except (OSError, ValueError):
+        return None
+    if cfg.get("train_csv"):
+        return Path(cfg["train_csv"])
+    if cfg.get("shards"):
+        from cxr_fast.shards.format import MANIFEST
+
+        try:
+            src = json.loads((Path(cfg["shards"]) / MANIFEST).read_text()).get("source") or {}
+        except (OSError, ValueError, AttributeError):
+            return None
+        return Path(src["train_csv"]) if src.get("train_csv") else None
+    return None
+
+
+def run_csvs(run_dir: Path) -> list[Path]:
+    """The CSVs of a run that can hold per-image columns (groups, patients): oof_labels.csv, folds.csv and the
+    training CSV, those that exist."""
+    paths = RunPaths(run_dir)
+    cands = [paths.oof_labels, paths.folds_csv, training_csv(run_dir)]
+    return [p for p in cands if p is not None and p.is_file()]
+
+
 def read_groups(run_dir: Path, group_col: str, image_col: str, names: list[str]) -> np.ndarray:
     """Group ids of `names` from oof_labels.csv, folds.csv or the run's training CSV (config.json train_csv)."""
-    paths = RunPaths(run_dir)
-    cands = [paths.oof_labels, paths.folds_csv]
-    cfg = paths.config
-    if cfg.is_file():
-        try:
-            train_csv = json.loads(cfg.read_text()).get("train_csv")
-        except (OSError, ValueError):
-            train_csv = None
-        if train_csv:
-            cands.append(Path(train_csv))
+    cands = run_csvs(run_dir)
     for path in cands:
         if not path.is_file():
             continue
@@ -90,4 +109,5 @@ def read_groups(run_dir: Path, group_col: str, image_col: str, names: list[str])
             if missing:
                 raise UserError(f"{path}: no {group_col!r} for image {missing[0]!r}")
             return g.loc[names].to_numpy()
-    raise UserError(f"--group_col {group_col!r}: no such column in {', '.join(str(c) for c in cands)}")
+    raise UserError(f"--group_col {group_col!r}: no such column in "
+                    f"{', '.join(str(c) for c in cands) or f'{run_dir} (no oof_labels.csv, folds.csv, training CSV)'}")

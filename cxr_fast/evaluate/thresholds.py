@@ -1,7 +1,9 @@
 """Operating thresholds per label from out-of-fold predictions: Youden's J and sensitivity >= 0.90.
 
 A decision is `prob >= threshold`. `thresholds.json`: {"version": 1, "labels": [...], "operating_points":
-{"youden": {LABEL: {"threshold", "sensitivity", "specificity"}}, "sens90": {...}}, "skipped": {LABEL: reason}}.
+{"youden": {LABEL: {"threshold", "sensitivity", "specificity"}}, "sens90": {...}}, "skipped": {LABEL: reason},
+"chosen_on", "applied_to"}: the thresholds are chosen on single-fold OOF probabilities but applied to the
+fold-ensemble mean, so the file says so and cxr-eval shows test-set figures beside the OOF ones.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from cxr_fast.errors import UserError
 VERSION = 1
 OPERATING_POINTS = ("youden", "sens90")
 TARGET_SENSITIVITY = 0.90
+CHOSEN_ON = ("out-of-fold predictions of the single fold models (each image scored by the one model that did not "
+             "train on it)")
+APPLIED_TO = ("the fold-ensemble mean probability on new images (cxr-train --out_csv, cxr-predict): another score "
+              "distribution, so sensitivity/specificity may not transfer; check with cxr-eval --thresholds on "
+              "labelled test images")
 
 
 def sens_spec(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float]:
@@ -47,7 +54,8 @@ def compute_thresholds(labels: np.ndarray, probs: np.ndarray, label_names: Seque
     """The thresholds.json dictionary. A label without both classes (or with non-finite probabilities) is left out
     and listed under "skipped" with the reason."""
     names = list(label_names)
-    doc: dict = {"version": VERSION, "labels": names, "decision": "prob >= threshold",
+    doc: dict = {"version": VERSION, "labels": names, "decision": "prob >= threshold", "chosen_on": CHOSEN_ON,
+                 "applied_to": APPLIED_TO,
                  "operating_points": {op: {} for op in OPERATING_POINTS}, "skipped": {}}
     try:
         labels = np.asarray(labels, dtype=np.float64)
@@ -135,3 +143,11 @@ def confusion_stats(y: np.ndarray, p: np.ndarray, t: float) -> dict:
 
     return {"threshold": float(t), "sensitivity": ratio(tp, fn), "specificity": ratio(tn, fp),
             "ppv": ratio(tp, fp), "npv": ratio(tn, fn), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def oof_figures(thresholds: dict, name: str, operating_point: str) -> dict | None:
+    """The out-of-fold sensitivity/specificity recorded with a label's threshold (None when the file has none)."""
+    v = thresholds.get("operating_points", {}).get(operating_point, {}).get(name)
+    if not isinstance(v, dict):
+        return None
+    return {"sensitivity": v.get("sensitivity"), "specificity": v.get("specificity")}

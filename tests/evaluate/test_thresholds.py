@@ -68,3 +68,22 @@ def test_load_thresholds_refuses_other_labels(tmp_path):
     (tmp_path / "x.json").write_text("{not json")
     with pytest.raises(UserError, match="not a readable"):
         load_thresholds(tmp_path / "x.json", LABELS)
+
+
+def test_thresholds_say_where_they_come_from_and_eval_shows_oof_beside_test(tmp_path):
+    from cxr_fast.cli.eval import main
+    from tests.evaluate.conftest import write_pred_truth
+
+    y, p = make_data(200, seed=8)
+    doc = write_thresholds(tmp_path / "thr.json", y, p, LABELS)
+    assert "out-of-fold" in doc["chosen_on"] and "fold-ensemble mean" in doc["applied_to"]
+    yt, pt = make_data(150, seed=9)
+    pred, truth = write_pred_truth(tmp_path, yt, pt)
+    main(["--pred", str(pred), "--truth", str(truth), "--bootstrap", "0", "--thresholds", str(tmp_path / "thr.json"),
+          "--out", str(tmp_path / "e.json")])
+    r = json.loads((tmp_path / "e.json").read_text())
+    assert r["thresholds_chosen_on"] == doc["chosen_on"]
+    for name in LABELS:
+        s, oof = r["per_label"][name]["at_threshold"], doc["operating_points"]["youden"][name]
+        assert s["oof_sensitivity"] == oof["sensitivity"] and s["oof_specificity"] == oof["specificity"]
+        assert s["threshold"] == oof["threshold"] and s["sensitivity"] is not None
