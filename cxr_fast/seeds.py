@@ -18,6 +18,7 @@ STREAMS = {
     "torch_init": 6,      # torch: model initialisation, per fold (the same on every rank)
     "dropout": 7,         # torch: dropout and other training-time randomness, per (fold, rank)
     "fold_loader": 8,     # the base seed handed to a fold's loaders, which derive their own streams from it
+    "loader_base_seed": 9,  # PIL DataLoader: its own generator for the workers' base seeds (not torch's global RNG)
 }
 
 

@@ -2,9 +2,11 @@
 
 CXR_FAST_FAIL_RANK=r      rank r raises in its first epoch (one failing rank must end the whole job, no hang);
 CXR_FAST_SLOW_SHARDS_S=s  rank 0's shard build takes s seconds longer (the others must wait past the group timeout).
+CXR_FAST_SIGNAL_AT=r:n    rank r sends itself SIGTERM during its n-th training step (a preemption seen by one rank).
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -26,6 +28,23 @@ def _slow(*args, **kwargs):
     return _write_shards(*args, **kwargs)
 
 
+def _signal_at(rank: str, n: int):
+    from cxr_fast.train.step import TrainStep
+
+    calls, original = [0], TrainStep.__call__
+
+    def step(self, *args, **kwargs):
+        calls[0] += 1
+        if os.environ.get("RANK") == rank and calls[0] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    TrainStep.__call__ = step
+
+
+if "CXR_FAST_SIGNAL_AT" in os.environ:
+    _r, _n = os.environ["CXR_FAST_SIGNAL_AT"].split(":")
+    _signal_at(_r, int(_n))
 if "CXR_FAST_FAIL_RANK" in os.environ:
     fold.train_one_epoch = _failing
 if "CXR_FAST_SLOW_SHARDS_S" in os.environ:

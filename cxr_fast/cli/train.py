@@ -1,4 +1,8 @@
-"""`cxr-train`: K-fold training with every flag of the original project, then the test-set submission."""
+"""`cxr-train`: K-fold training with every flag of the original project, then the test-set submission.
+
+Faults (docs/faults.md): one run per --out_dir (a second one stops naming the holder); on SIGTERM, SIGUSR1 or SIGINT
+training finishes its step, saves a resumable last.pth and exits with code 75 (run again with --resume to continue
+from that step); a full disk or a damaged checkpoint is one line, exit code 2."""
 
 from __future__ import annotations
 
@@ -10,13 +14,17 @@ from cxr_fast.errors import UserError, cli_entry, first_line
 from cxr_fast.train.config import TrainConfig, read_config_file
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag, the description's lines as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags without defaults here: every default comes from `TrainConfig` (set at the end), so there is one."""
     from cxr_fast.model.losses import LOSSES
     from cxr_fast.pipelines import PIPELINES
 
     p = argparse.ArgumentParser(prog="cxr-train", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_Help)
     B = argparse.BooleanOptionalAction
     p.add_argument("--config", help="JSON or YAML file of settings (a run's config.json is one); flags given on the "
                                     "command line win")
@@ -71,10 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local backbone weights file (.pth/.safetensors)")
     p.add_argument("--in_chans", type=int, choices=(1, 3), help="backbone input channels")
     p.add_argument("--folds_to_run", help="comma-separated folds to train, e.g. 1,3 (default all)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out_dir")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out_dir (after a "
+                   "stop signal: from the step it stopped at)")
+    p.add_argument("--find_unused_parameters", action=B, help="DDP: allow parameters that get no gradient in a step "
+                   "(a backbone with unused heads); slower, off by default")
     p.add_argument("--skip_bad", action=B, help="leave unreadable images out (and list them) instead of stopping; "
                    "test images are checked before training")
     p.add_argument("--progress", action=B, help="progress bars")
+    p.add_argument("--tensorboard", action=B, help="TensorBoard logs in <out_dir>/tb/fold{K}/ (default: on where the "
+                   "tensorboard package is installed: pip install 'cxr_fast[tensorboard]')")
+    p.add_argument("--log_every", type=positive_int, help="TensorBoard: per-step scalars every this many steps")
     p.set_defaults(**TrainConfig.defaults())
     return p
 
@@ -151,9 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cxr_fast import dist
+    from cxr_fast.disk import disk_full, disk_full_message
     from cxr_fast.pipelines import check_pipeline, pipeline_info
+    from cxr_fast.train import preempt
     from cxr_fast.train.engine import TrainingDiverged
-    from cxr_fast.train.run import Run, resolve_device
+    from cxr_fast.train.logger import tensorboard_wanted
+    from cxr_fast.train.run import Run, hold_out_dir, resolve_device
     from cxr_fast.train.run_data import shards_for_training
     from cxr_fast.train.speed import configure_cuda
 
@@ -162,19 +179,31 @@ def main(argv: list[str] | None = None) -> int:
     device = dist.setup(device.type) or device
     configure_cuda(fixed_size=True)  # every training/eval batch is img_size x img_size: cudnn.benchmark pays
     try:
-        # shards built (or reused) for this CSV; config.json keeps --shards as given (None), so the run's
-        # config.json stays a valid --config for a new CSV
-        built = None
-        if pipeline_info(cfg.pipeline).needs_shards and cfg.shards is None:
-            built = shards_for_training(cfg, build=dist.is_main())
-            dist.wait_for_main()  # rank 0 may be packing a whole CheXpert/NIH set meanwhile (hours)
-            dist.check_shared(built, "--shards_root")
-        data = _load_data(cfg, built)
-        cfg = cfg.replace(labels=list(data.label_names))
-        Run(cfg, data, device).run()
-        dist.finish()
+        tensorboard_wanted(cfg.tensorboard)  # --tensorboard without the package: one line, before anything starts
+        with hold_out_dir(cfg.out_dir):  # before anything in it is touched; rank 0 holds it until the end
+            # shards built (or reused) for this CSV; config.json keeps --shards as given (None), so the run's
+            # config.json stays a valid --config for a new CSV
+            built = None
+            if pipeline_info(cfg.pipeline).needs_shards and cfg.shards is None:
+                built = shards_for_training(cfg, build=dist.is_main())
+                dist.wait_for_main()  # rank 0 may be packing a whole CheXpert/NIH set meanwhile (hours)
+                dist.check_shared(built, "--shards_root")
+            data = _load_data(cfg, built)
+            cfg = cfg.replace(labels=list(data.label_names))
+            with preempt.watch():  # SIGTERM/SIGUSR1/SIGINT: finish the step, save, exit EXIT_RESUMABLE
+                Run(cfg, data, device).run()
+            dist.finish()
+    except preempt.Preempted as e:
+        if dist.is_main():
+            print(e, file=sys.stderr, flush=True)
+        return e.exit_code
     except (TrainingDiverged, torch.cuda.OutOfMemoryError) as e:  # the run's settings, not a bug: one line, exit 2
         raise UserError(first_line(e, 500)) from None
+    except (OSError, RuntimeError) as e:  # a write the checkpoint writers do not name (a CSV, the report)
+        if not disk_full(e):
+            raise
+        raise UserError(disk_full_message(getattr(e, "filename", None) or cfg.out_dir, "the run's outputs",
+                                          hint="then run the same command with --resume")) from None
     finally:
         dist.cleanup()
     return 0

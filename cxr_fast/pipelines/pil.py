@@ -83,18 +83,32 @@ class _EpochDataset(Dataset):
         return torch.from_numpy(arr).unsqueeze(0), torch.from_numpy(labels), index
 
 
+def unreadable_positions(index: np.ndarray) -> np.ndarray:
+    """Which rows of a pass's gathered `index` are files a `skip_bad` FileDataset could not read (a bool mask)."""
+    return np.asarray(index) < 0
+
+
 class FileDataset(_EpochDataset):
-    def __init__(self, samples: SampleSet, spec: AugmentSpec, seed: int):
+    """Image files. `skip_bad`: a file that cannot be read comes back as a black image with index -1 - its index
+    (`unreadable_positions`) instead of stopping the pass, so one pass both predicts and finds the bad files."""
+
+    def __init__(self, samples: SampleSet, spec: AugmentSpec, seed: int, skip_bad: bool = False):
         super().__init__(spec, seed)
         self.files, self.labels, self.index = samples.files, samples.labels, samples.index
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, item):
         pos, epoch = item
-        arr, _ = read_gray8(self.files[pos])
         idx = int(self.index[pos])
+        try:
+            arr, _ = read_gray8(self.files[pos])
+        except UserError:
+            if not self.skip_bad:
+                raise
+            return self._out(np.zeros((self.spec.img_size,) * 2, np.uint8), self.labels[pos], -1 - idx)
         out = apply_spec(Image.fromarray(arr), self.spec, self._rng(idx, epoch))
         return self._out(out, self.labels[pos], idx)
 
@@ -156,6 +170,7 @@ class _EpochTagged(Sampler):
 
     def __init__(self, n: int, train: bool, seed: int, rank: int, world: int):
         self.n, self.train, self.seed, self.epoch = n, train, seed, 0
+        self.skip = 0  # positions of the next pass to drop unread (a mid-epoch resume)
         self.dist = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=train, seed=seed,
                                        drop_last=False) if world > 1 else None
 
@@ -173,7 +188,8 @@ class _EpochTagged(Sampler):
         return range(self.n)
 
     def __iter__(self):
-        return ((i, self.epoch) for i in self._order())
+        skip, self.skip = self.skip, 0
+        return ((i, self.epoch) for i in self._order()[skip:])
 
     def __len__(self) -> int:
         return len(self.dist) if self.dist is not None else self.n
@@ -190,16 +206,25 @@ class PILLoader(Loader):
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, *, train: bool, num_workers: int,
                  seed: int, rank: int, world: int):
         self.device = torch.device(device)
-        self.num_samples = len(dataset)
+        self.num_samples, self.batch_size = len(dataset), batch_size
         self.sampler = _EpochTagged(len(dataset), train, seed, rank, world)
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers, collate_fn=_collate,
             pin_memory=self.device.type == "cuda", drop_last=train, persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None,
+            # its own generator: each pass draws the workers' base seed from it, not from torch's global RNG, whose
+            # stream (dropout) a mid-epoch resume restores and must find untouched by the pass it resumes into
+            generator=torch.Generator().manual_seed(seeds.derive(seed, "loader_base_seed")),
         )
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    def skip_batches(self, n: int) -> None:
+        """The next pass starts at batch `n` of the epoch (a resume inside it): the sample order is a function of
+        (seed, epoch) and each sample's augmentation of (seed, epoch, index), so dropping the first n x batch_size
+        positions of this rank's order, unread, gives the batches n, n+1, ... of an uninterrupted pass."""
+        self.sampler.skip = n * self.batch_size
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -212,10 +237,14 @@ class PILLoader(Loader):
 
 
 def build_pil_loader(samples: SampleSet, spec: AugmentSpec, batch_size: int, device, *, num_workers: int = 4,
-                     seed: int = 0, rank: int = 0, world: int = 1) -> PILLoader:
-    """Loader over image files (`samples.files`) or shards (`samples.shards`)."""
+                     seed: int = 0, rank: int = 0, world: int = 1, skip_bad: bool = False) -> PILLoader:
+    """Loader over image files (`samples.files`) or shards (`samples.shards`). `skip_bad` (files only): unreadable
+    files come back marked (`FileDataset`), not as an error."""
     if batch_size <= 0:
         raise UserError(f"--batch_size must be positive, got {batch_size}")
-    ds = FileDataset(samples, spec, seed) if samples.files is not None else ShardDataset(samples, spec, seed)
+    if skip_bad and samples.files is None:
+        raise ValueError("skip_bad is for image files; shards hold only images that were read")
+    ds = (FileDataset(samples, spec, seed, skip_bad) if samples.files is not None
+          else ShardDataset(samples, spec, seed))
     return PILLoader(ds, batch_size, device, train=spec.train, num_workers=num_workers, seed=seed, rank=rank,
                      world=world)

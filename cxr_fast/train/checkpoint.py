@@ -8,11 +8,14 @@ and that epoch's validation predictions oof_index (sample indices) and oof_probs
 from __future__ import annotations
 
 import pickle
+import struct
+import zipfile
 from pathlib import Path
 
 import torch
 
 from cxr_fast.atomic import atomic_path
+from cxr_fast.disk import on_disk_full
 from cxr_fast.errors import UserError, first_line
 from cxr_fast.run_folder import FORMAT_VERSION
 from cxr_fast.train.config import TrainConfig
@@ -20,10 +23,11 @@ from cxr_fast.train.config import TrainConfig
 CHECKPOINT_VERSION = FORMAT_VERSION
 
 
-def save_atomic(obj, path: str | Path) -> None:
+def save_atomic(obj, path: str | Path, what: str = "a checkpoint") -> None:
     """torch.save to a temporary name in the same folder, fsync, then rename: never a half-written file.
-    Tensors are saved from the CPU, so a plain torch.load works on a machine without a GPU."""
-    with atomic_path(path) as tmp:
+    Tensors are saved from the CPU, so a plain torch.load works on a machine without a GPU. A full disk (or quota)
+    is one UserError line naming `path` and `what` (`cxr_fast.disk`); the temporary file is gone by then."""
+    with on_disk_full(path, what, hint="then run the same command with --resume"), atomic_path(path) as tmp:
         torch.save(_to_cpu(obj), tmp)
 
 
@@ -40,21 +44,36 @@ def _to_cpu(obj):
     return obj
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load with weights_only=True; a file that needs arbitrary pickle execution is refused."""
+DAMAGED_FOLD = ("retrain that fold (delete this file and the run folder's state/fold<K>.json, then cxr-train --resume) "
+                "or leave this file out of the checkpoint list / glob")
+DAMAGED_LAST = "delete it to restart this fold from its first epoch (cxr-train --resume keeps the finished folds)"
+
+
+def load_checkpoint(path: str | Path, map_location="cpu", hint: str = DAMAGED_FOLD) -> dict:
+    """Load with weights_only=True; a file that needs arbitrary pickle execution is refused. A truncated or corrupt
+    file (a kill or full disk during a copy, a bad transfer) is one UserError line naming it and, `hint`, what to do,
+    whatever torch.load raised (zip reader errors, EOFError, unpickling or seek errors)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # a damaged pickle stream fails the same unpickler
+            raise UserError(_damaged(path, e, hint)) from None
         raise UserError(f"{path}: refused: the checkpoint needs pickle code execution to load "
                         f"({first_line(e, 160)}); only weights_only checkpoints are accepted") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"{path}: not a readable checkpoint ({first_line(e, 160)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError,
+            struct.error, zipfile.BadZipFile) as e:
+        raise UserError(_damaged(path, e, hint)) from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path}: not a cxr_fast checkpoint (top level is {type(ckpt).__name__})")
     return ckpt
+
+
+def _damaged(path: Path, e: BaseException, hint: str) -> str:
+    return (f"{path}: damaged or not a checkpoint (truncated or corrupt: {first_line(e, 120, with_type=True)}); "
+            f"{hint}")
 
 
 def best_checkpoint(model_state: dict, refiner_state: dict | None, *, labels: list[str], config: dict, fold: int,

@@ -14,7 +14,8 @@ from cxr_fast.errors import UserError, first_line
 # Settings a resumed run may change: they cannot change what the run computes (beyond floating-point rounding, as
 # another device): where outputs go, how many workers, and the speed switches. Every other field must match.
 RESUME_MAY_CHANGE = ("num_workers", "progress", "out_csv", "device", "folds_to_run", "resume", "config",
-                     "eval_batch_size", "compile", "channels_last", "hw_decoder_load")
+                     "eval_batch_size", "compile", "channels_last", "hw_decoder_load", "find_unused_parameters",
+                     "tensorboard", "log_every")
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,11 @@ class TrainConfig:
     weights: str | None = None
     in_chans: int = 1
     folds_to_run: str | None = None
+    find_unused_parameters: bool = False
     resume: bool = False
     progress: bool = True
+    tensorboard: bool | None = None  # None: on where the tensorboard package is installed (train/logger.py)
+    log_every: int = 50              # TensorBoard's per-step scalars every this many optimiser steps
     config: str | None = None
 
     @classmethod

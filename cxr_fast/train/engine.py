@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -19,12 +19,7 @@ from cxr_fast.model.ema import ModelEma
 from cxr_fast.progress import loader_bar
 from cxr_fast.train.amp import Amp
 from cxr_fast.train.speed import model_memory_format
-from cxr_fast.train.step import (
-    StepTally,
-    TrainingDiverged,
-    TrainStep,
-    _prox_threshold,  # noqa: F401 - re-exported (tests, older imports)
-)
+from cxr_fast.train.step import StepTally, TrainingDiverged, TrainStep
 
 __all__ = ["TrainingDiverged", "build_optimizer", "build_scheduler", "train_one_epoch"]
 
@@ -86,10 +81,14 @@ def _sync(device: torch.device) -> None:
 def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler, amp: Amp, *, ema: ModelEma | None = None, refiner_l1: float = 1e-3,
                     clip_grad: float | None = 1.0, in_chans: int = 1, max_bad_steps: int = 20, step: int = 0,
-                    progress: bool = True, desc: str = "", check_every: int = 20) -> dict:
+                    progress: bool = True, desc: str = "", check_every: int = 20,
+                    should_stop: Callable[[], bool] | None = None, tally: torch.Tensor | None = None,
+                    on_step: Callable[[int, Callable[[], dict]], None] | None = None) -> dict:
     """One pass over `loader`. Returns loss (mean over good steps), lr (last), images, seconds, img_per_s,
     data_wait_s, skipped_steps, overflow_steps, step (global step after the epoch), refiner_sparsity, refiner_l1
-    (None without a refiner).
+    (None without a refiner), batches, stopped, tally. `should_stop()` after each step may end the epoch there
+    (`train.preempt`); `tally`: the step counts of a stopped run's part of this epoch (`StepTally.acc`).
+    `on_step(step, scalars_fn)` after every step (`train.logger`); `scalars_fn()` reads its values: a sync, if logged.
 
     A step with a non-finite loss (or, without a grad scaler, non-finite gradients) is skipped: no optimiser or prox
     update (the EMA is still updated, toward the unmoved model, where the skip is decided on the device). More than
@@ -107,7 +106,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     train_step = TrainStep(model, loss_fn, optimizer, amp, ema=ema, refiner_l1=refiner_l1, clip_grad=clip_grad,
                            in_chans=in_chans, memory_format=model_memory_format(bare), max_bad_steps=max_bad_steps,
                            device=device)
+    if tally is not None:
+        train_step.tally.acc.copy_(tally)
     check_every = max(1, int(check_every))
+    stopped, i = False, -1
     images, wait = 0, [0.0]
     optimizer.zero_grad(set_to_none=True)
     bar = loader_bar(loader, progress, desc)
@@ -118,6 +120,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
             skipped = train_step(batch.images, batch.labels, step)
             _advance(scheduler, skipped)
             step += 1
+            if on_step is not None:
+                on_step(step, lambda: _step_scalars(train_step, optimizer))
             images += batch.images.shape[0]
             bar.update(1)
             if (i + 1) % check_every == 0:
@@ -127,6 +131,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
                     bar.set_postfix(loss=f"{train_step.tally.mean_loss:.4f}",
                                     lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                                     img_s=f"{images / max(elapsed, 1e-9):.0f}", refresh=False)
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
         tally = train_step.tally.read()
         _sync(device)
         seconds = time.perf_counter() - t_start
@@ -145,7 +152,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         "step": step,
         "refiner_sparsity": refiner.sparsity() if refiner is not None else None,
         "refiner_l1": refiner.l1() if refiner is not None else None,
+        "batches": i + 1,
+        "stopped": stopped,
+        "tally": train_step.tally.acc.detach().cpu().clone(),
     }
+
+
+def _step_scalars(train_step: TrainStep, optimizer: torch.optim.Optimizer) -> dict:
+    """The last step's loss and gradient norm and the epoch's skipped steps so far, in one device sync."""
+    loss, norm, skipped = torch.stack([train_step.last_loss.float(), train_step.last_norm.float(),
+                                       train_step.tally.acc[StepTally.SKIPPED].float()]).tolist()
+    return {"loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": norm, "skipped_steps": int(skipped)}
 
 
 def _advance(scheduler, skipped: bool) -> None:

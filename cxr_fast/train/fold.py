@@ -18,12 +18,13 @@ from cxr_fast.model import build_model, unwrap
 from cxr_fast.model.ema import ModelEma
 from cxr_fast.model.losses import build_loss
 from cxr_fast.pipelines import build_loader
-from cxr_fast.train import resume
+from cxr_fast.train import preempt, resume
 from cxr_fast.train.amp import Amp
-from cxr_fast.train.checkpoint import best_checkpoint, load_checkpoint, save_atomic
+from cxr_fast.train.checkpoint import DAMAGED_LAST, best_checkpoint, load_checkpoint, save_atomic
 from cxr_fast.train.config import TrainConfig
 from cxr_fast.train.engine import build_optimizer, build_scheduler, train_one_epoch
 from cxr_fast.train.infer import validate
+from cxr_fast.train.logger import open_logger
 from cxr_fast.train.outputs import RunFolder
 from cxr_fast.train.run_data import RunData
 from cxr_fast.train.speed import maybe_compile, use_channels_last
@@ -43,6 +44,8 @@ class FoldState:
     best_probs: torch.Tensor | None = None   # ... and probabilities (the fold's OOF rows)
     best_per_label: dict | None = None
     best_sparsity: float | None = None
+    mid_batches: int = 0              # batches done of epoch `epoch + 1` when a signal stopped it (0 = none)
+    mid_tally: torch.Tensor | None = None    # ... and its step counts (loss sum, skips) so far
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -94,7 +97,7 @@ class FoldTrainer:
         length (resume.seek_schedule), so a resume on another number of processes keeps the lr per epoch right."""
         c, k, st = self.cfg, self.k, self.st
         if c.resume and self.folder.last.exists():
-            ck = load_checkpoint(self.folder.last)
+            ck = load_checkpoint(self.folder.last, hint=DAMAGED_LAST)
             if ck.get("fold") == k:
                 self.model.load_state_dict(ck["model"])
                 self.optimizer.load_state_dict(ck["optimizer"])
@@ -104,9 +107,13 @@ class FoldTrainer:
                 self._restore_rng(ck)
                 st.update_from(ck)
                 st.step = st.epoch * self.steps
+                if st.mid_batches:
+                    self._restore_mid_epoch(ck)
                 resume.seek_schedule(self.scheduler, st.step)
                 self._reconcile_best()
-                dist.log(f"fold {k}: resuming after epoch {st.epoch} (best macro-AUC {st.best_auc:.4f})")
+                dist.log(f"fold {k}: resuming after epoch {st.epoch}"
+                         + (f", step {st.mid_batches} of epoch {st.epoch + 1}" if st.mid_batches else "")
+                         + f" (best macro-AUC {st.best_auc:.4f})")
                 old_world = int(ck.get("world", 1))
                 if old_world != self.world:
                     dist.log(f"fold {k}: the interrupted run had {old_world} process(es), this one {self.world}: "
@@ -125,13 +132,29 @@ class FoldTrainer:
             resume.set_rng_state(ck["rng"])  # numpy / Python streams as rank 0 had them
             torch.manual_seed(seeds.derive(self.cfg.seed, "dropout", self.k, self.rank, int(ck["epoch"])))
 
+    def _restore_mid_epoch(self, ck: dict) -> None:
+        """A last.pth written on a stop signal inside epoch `epoch + 1`: continue at the batch after the last one
+        trained. Same number of processes: each rank's BatchNorm statistics and loader position come back (PIL:
+        the consumed batches are skipped unread; DALI: its pipeline checkpoint), so the run goes on as if never
+        stopped. Another number: after as many samples (`resume.mid_epoch_start`), its own order."""
+        st, old_world = self.st, int(ck.get("world", 1))
+        st.mid_batches = resume.mid_epoch_start(st.mid_batches, old_world, self.world, self.steps)
+        st.step += st.mid_batches
+        if old_world == self.world:
+            if ck.get("buffers_per_rank"):
+                resume.load_rank_buffers(ck["buffers_per_rank"][self.rank], self.model,
+                                         self.ema.module if self.ema is not None else None)
+            loader = (ck.get("loader_per_rank") or [None] * self.world)[self.rank]
+            if loader is not None and hasattr(self.train_loader, "resume_from"):
+                self.train_loader.resume_from(loader)
+
     def _reconcile_best(self) -> None:
         """A kill between writing the best checkpoint and last.pth leaves a checkpoint newer than last.pth's record
         of it; the checkpoint (weights + its validation predictions) is then the truth."""
         path, st = self.folder.checkpoint(self.k), self.st
         if not path.exists():
             return
-        ck = load_checkpoint(path)
+        ck = load_checkpoint(path, hint="delete it and run cxr-train --resume again: this fold restarts from last.pth")
         if ck.get("fold") == self.k and ck.get("epoch", 0) > st.best_epoch and "oof_index" in ck:
             auc = ck["val_auc"]
             st.update_from({"best_epoch": ck["epoch"], "best_index": ck["oof_index"], "best_probs": ck["oof_probs"],
@@ -141,12 +164,17 @@ class FoldTrainer:
 
     def run(self) -> dict:
         """Train the remaining epochs; returns the fold's summary (also written to state/fold{k}.json)."""
-        c, k, st = self.cfg, self.k, self.st
         self.restore()
+        with open_logger(self.cfg, self.folder, self.k, self.names, resume_step=self.st.step) as self.log:
+            return self._epochs()
+
+    def _epochs(self) -> dict:
+        c, k, st = self.cfg, self.k, self.st
         model = self.model
         if self.world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=c.find_unused_parameters)
         dist.log(f"fold {k}/{self.data.n_folds}: {len(self.train_set)} train, {len(self.val_set)} val samples, "
                  f"{self.steps} steps/epoch, pipeline {c.pipeline}, device {self.device}"
                  + (f", {self.train_loader.decode} decode" if getattr(self.train_loader, "decode", None) else "")
@@ -156,16 +184,25 @@ class FoldTrainer:
         stopped = c.patience > 0 and st.bad_epochs >= c.patience  # a resumed fold that had early-stopped
         for epoch in range(st.epoch + 1, 0 if stopped else c.epochs + 1):
             self.train_loader.set_epoch(epoch)
+            start = st.mid_batches
+            if start:
+                self.train_loader.skip_batches(start)
             stats = train_one_epoch(model, self.train_loader, self.loss_fn, self.optimizer, self.scheduler, self.amp,
                                     ema=self.ema, refiner_l1=c.refiner_l1, clip_grad=1.0, in_chans=c.in_chans,
                                     step=st.step, progress=dist.is_main() and c.progress,
-                                    desc=f"fold {k} epoch {epoch}/{c.epochs}")
+                                    desc=f"fold {k} epoch {epoch}/{c.epochs}", should_stop=preempt.should_stop,
+                                    tally=st.mid_tally if start else None, on_step=self.log.on_step)
             st.step = stats["step"]
+            if stats["stopped"]:
+                self._stop(epoch, start + stats["batches"], stats["tally"], model)
+            st.mid_batches, st.mid_tally = 0, None
             self._sync_buffers()
             self._end_epoch(epoch, stats, model)
             if c.patience > 0 and st.bad_epochs >= c.patience:
                 dist.log(f"fold {k}: early stop after epoch {epoch} (no improvement for {c.patience} epochs)")
                 break
+            if epoch < c.epochs and preempt.should_stop():  # a signal during validation: last.pth is complete
+                raise preempt.Preempted(preempt.stop_message(k, epoch + 1, 0, self.steps, self.folder.last))
         return self._finish()
 
     def _sync_buffers(self) -> None:
@@ -203,21 +240,40 @@ class FoldTrainer:
                "data_wait_s": stats["data_wait_s"], "train_s": stats["seconds"], "val_s": val_s,
                "skipped_steps": stats["skipped_steps"], "refiner_sparsity": stats.get("refiner_sparsity"),
                "best_epoch": st.best_epoch}
-        self.folder.append_metrics(rec)
+        self.log.log_epoch(rec, coupling=getattr(unwrap(eval_model).refiner, "A", None))  # metrics.jsonl, TensorBoard
         sp = stats.get("refiner_sparsity")
         dist.log(f"fold {self.k} epoch {epoch}: loss {stats['loss']:.4f}  val macro-AUC {auc:.4f}  "
                  f"{stats['img_per_s']:.0f} img/s  data wait {stats['data_wait_s']:.1f}s"
                  + (f"  A sparsity {sp:.0%}" if sp is not None else "")
                  + (f"  (AUC skips {', '.join(skipped)})" if skipped and math.isfinite(auc) else ""))
         st.epoch = epoch
-        rngs = dist.gather_objects(resume.rng_state())  # every rank's streams, so a resume continues each
+        self._save_last(model)
+
+    def _stop(self, epoch: int, batches: int, tally: torch.Tensor, model) -> None:
+        """A stop signal inside `epoch`: last.pth with the position in it (and every rank's BatchNorm statistics and
+        loader state), then `Preempted` (cxr-train's exit code EXIT_RESUMABLE)."""
+        self.st.mid_batches, self.st.mid_tally = batches, tally
+        self._save_last(model, mid=True)
+        raise preempt.Preempted(preempt.stop_message(self.k, epoch, batches, self.steps, self.folder.last))
+
+    def _save_last(self, model, mid: bool = False) -> None:
+        """last.pth (rank 0 writes; the others wait on the long-timeout group). Every rank's RNG streams, so a
+        resume continues each; inside an epoch (`mid`) also each rank's buffers and loader position."""
+        ema = self.ema.module if self.ema is not None else None
+        mine = {"rng": resume.rng_state()}
+        if mid:
+            mine["buffers"] = resume.rank_buffers(unwrap(model), ema)
+            mine["loader"] = self.train_loader.resume_state() if hasattr(self.train_loader, "resume_state") else None
+        ranks = dist.gather_objects(mine)
         if dist.is_main():
-            save_atomic({"fold": self.k, **st.as_dict(), "model": unwrap(model).state_dict(),
-                         "ema": self.ema.module.state_dict() if self.ema is not None else None,
-                         "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                         "scaler": self.amp.state_dict(), "rng": rngs[0], "rng_per_rank": rngs, "world": self.world},
-                        self.folder.last)
-        dist.barrier()
+            ck = {"fold": self.k, **self.st.as_dict(), "model": unwrap(model).state_dict(),
+                  "ema": ema.state_dict() if ema is not None else None, "optimizer": self.optimizer.state_dict(),
+                  "scheduler": self.scheduler.state_dict(), "scaler": self.amp.state_dict(), "rng": ranks[0]["rng"],
+                  "rng_per_rank": [r["rng"] for r in ranks], "world": self.world}
+            if mid:
+                ck.update(buffers_per_rank=[r["buffers"] for r in ranks], loader_per_rank=[r["loader"] for r in ranks])
+            save_atomic(ck, self.folder.last, what=f"fold {self.k}'s resumable state")
+        dist.wait_for_main()
 
     def _save_best(self, epoch, auc, improved, per_label, index, probs, em) -> None:
         st = self.st
@@ -231,7 +287,8 @@ class FoldTrainer:
         st.best_per_label, st.best_sparsity = per_label, sparsity(ck["refiner"])
         if dist.is_main():
             # the validation predictions travel with the weights, so a resume can't pair them wrongly
-            save_atomic({**ck, "oof_index": st.best_index, "oof_probs": st.best_probs}, self.folder.checkpoint(self.k))
+            save_atomic({**ck, "oof_index": st.best_index, "oof_probs": st.best_probs}, self.folder.checkpoint(self.k),
+                        what=f"fold {self.k}'s best checkpoint")
 
     def _finish(self) -> dict:
         st = self.st
@@ -242,7 +299,7 @@ class FoldTrainer:
         if st.best_sparsity is not None:
             result["refiner_sparsity"] = st.best_sparsity
         self.folder.save_fold_result(self.k, result, st.best_index.numpy(), st.best_probs.numpy())
-        dist.barrier()
+        dist.wait_for_main()
         return result
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 from cxr_fast import dist
 from cxr_fast.atomic import atomic_path, write_json_atomic
 from cxr_fast.data.folds import write_folds_csv
+from cxr_fast.disk import on_disk_full
 from cxr_fast.errors import UserError
 from cxr_fast.run_folder import RunPaths
 from cxr_fast.train import resume
@@ -38,13 +39,13 @@ class RunFolder(RunPaths):
             self.state.mkdir(exist_ok=True)
             write_json_atomic(self.config, cfg.to_dict())
             write_folds_csv(self.folds_csv, names, folds, image_col=cfg.image_col)
-        dist.barrier()
+        dist.wait_for_main()
 
     def _remove_stale(self) -> None:
         """A fresh run in a used folder: what an earlier run left would mix into this one's outputs (an old fold
         checkpoint in an `outputs/*_fold*.pth` ensemble, an old oof.csv or report), so it goes, and the log says so."""
         old = [self.state, self.last, self.metrics, self.oof, self.oof_labels, self.cv_summary, self.thresholds,
-               self.report, *self.checkpoints()]
+               self.report, self.tensorboard, *self.checkpoints()]
         removed = []
         for stale in old:
             if stale.is_dir():
@@ -76,9 +77,10 @@ class RunFolder(RunPaths):
 
     def save_fold_result(self, k: int, result: dict, index: np.ndarray, probs: np.ndarray) -> None:
         if dist.is_main():
-            with atomic_path(self.fold_oof(k)) as tmp, open(tmp, "wb") as f:
-                np.savez(f, index=index, probs=probs)
-            write_json_atomic(self.fold_summary(k), result)
+            with on_disk_full(self.state, f"fold {k}'s result", hint="then run the same command with --resume"):
+                with atomic_path(self.fold_oof(k)) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, index=index, probs=probs)
+                write_json_atomic(self.fold_summary(k), result)
 
     def completed_fold(self, k: int) -> dict | None:
         """A finished fold's summary (for --resume), or None."""

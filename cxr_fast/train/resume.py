@@ -76,3 +76,28 @@ def trim_metrics(path: Path, fold: int, last_epoch: int) -> None:
                 raise UserError(f"{path}: line {n} is not JSON; fix or delete the file to --resume") from None
     keep = [r for r in recs if not (r["fold"] == fold and r["epoch"] > last_epoch)]
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def rank_buffers(*modules) -> list[dict]:
+    """This rank's floating buffers (BatchNorm running statistics) of each module (None skipped): they differ per
+    rank inside an epoch (`dist.average_buffers` runs at its end), so a mid-epoch last.pth keeps every rank's."""
+    return [{n: b.detach().cpu().clone() for n, b in m.named_buffers() if b.is_floating_point()}
+            for m in modules if m is not None]
+
+
+def load_rank_buffers(saved: list[dict], *modules) -> None:
+    """Put back what `rank_buffers` saved (same modules, same order)."""
+    with torch.no_grad():
+        for m, d in zip([m for m in modules if m is not None], saved):
+            for n, b in m.named_buffers():
+                if n in d:
+                    b.copy_(d[n])
+
+
+def mid_epoch_start(batches: int, old_world: int, world: int, steps: int) -> int:
+    """Where a resume continues inside the interrupted epoch: the same batch on as many processes; on another
+    number, after as many samples as the interrupted run had consumed (rounded down to a whole batch per process;
+    the remaining samples are then not exactly those an uninterrupted run would see: a different split)."""
+    if old_world == world:
+        return batches
+    return min(steps, batches * old_world // world)

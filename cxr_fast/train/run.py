@@ -3,6 +3,7 @@ thresholds and report -> test-set ensemble. Files go through `outputs.RunFolder`
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -40,6 +41,14 @@ def parse_folds_to_run(spec: str | None, n_folds: int) -> list[int]:
     if bad or not folds:
         raise UserError(f"--folds_to_run {spec!r}: folds are numbered 1..{n_folds}")
     return folds
+
+
+def hold_out_dir(out_dir: str) -> contextlib.AbstractContextManager:
+    """The run folder's lock for the whole run (rank 0 only: one holder per job), taken before anything in the folder
+    is touched: a second job into the same --out_dir stops at start-up naming the holder (`cxr_fast.lock`)."""
+    from cxr_fast.lock import folder_lock
+
+    return folder_lock(out_dir, "cxr-train") if dist.is_main() else contextlib.nullcontext()
 
 
 class Run:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_fast.data.folds import make_folds
+from cxr_fast.data.leakage import warn_leakage
 from cxr_fast.data.samples import SampleSet
 from cxr_fast.data.table import list_test_images, read_table
 from cxr_fast.errors import UserError
@@ -67,7 +68,14 @@ def say_left_out(bad: list[tuple[str, str]], log=print, shown: int = 20) -> None
 
 def checked_test_names(test_dir, skip_bad: bool = False, log=print) -> list[str]:
     """The test folder's images, each decoded once now so a bad one stops the run before training (not after every
-    fold); with `skip_bad` the unreadable ones are left out and listed instead (through `log`: rank 0's print)."""
+    fold); with `skip_bad` the unreadable ones are left out and listed instead (through `log`: rank 0's print).
+    Under torchrun only rank 0 decodes (every core it has) and the others get its answer, or its error line."""
+    from cxr_fast import dist
+
+    return dist.run_on_main(lambda: _checked_test_names(test_dir, skip_bad, log))
+
+
+def _checked_test_names(test_dir, skip_bad: bool, log) -> list[str]:
     from cxr_fast.images.check import unreadable
 
     names = list_test_images(test_dir)
@@ -93,6 +101,7 @@ def from_csv(train_csv, train_dir, test_dir, *, image_col, labels, uncertain, mi
     if not train_dir.is_dir():
         raise UserError(f"{train_dir}: training image directory not found")
     _check_files_exist(train_dir, table.names, what=f"{train_csv} lists")
+    warn_leakage(train_csv, image_col=image_col, label_names=table.label_names, group_col=group_col, log=log)
     fold, method = make_folds(table.labels, folds, seed, table.groups)
     return RunData(label_names=table.label_names, names=table.names, labels=table.labels, folds=fold,
                    n_folds=folds, split_method=method, train_dir=train_dir,

@@ -116,6 +116,7 @@ class TrainStep:
         scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
         loss = loss.detach()
+        self.last_loss, self.last_norm = loss, norm  # device tensors, read only on logged steps (train/logger.py)
         bad = ~torch.isfinite(loss)
         if scaler.is_enabled():  # the scaler's own inf/NaN check of the unscaled gradients
             overflow = sum(scaler._found_inf_per_device(self.optimizer).values()).reshape(()) > 0

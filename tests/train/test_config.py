@@ -169,3 +169,13 @@ def test_a_fresh_run_removes_what_an_earlier_run_left(tmp_path, capsys):
     assert left == ["config.json", "folds.csv", "other_fold1.pth", "state"]  # another model's checkpoint stays
     said = capsys.readouterr().out
     assert "removed the earlier run's" in said and "m_fold5.pth" in said
+
+
+def test_find_unused_parameters_is_off_by_default_and_may_change_on_resume():
+    from cxr_fast.cli.train import parse_config
+    from cxr_fast.train.config import RESUME_MAY_CHANGE, TrainConfig, config_differences
+
+    assert parse_config(["--shards", "s"]).find_unused_parameters is False
+    cfg = parse_config(["--shards", "s", "--find_unused_parameters"])
+    assert cfg.find_unused_parameters is True and "find_unused_parameters" in RESUME_MAY_CHANGE
+    assert config_differences(TrainConfig(shards="s").to_dict(), cfg) == []

@@ -9,144 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from cxr_fast.data.samples import Batch
 from cxr_fast.model import CXRClassifier
 from cxr_fast.model.backbone import create_backbone
 from cxr_fast.model.ema import ModelEma
-from cxr_fast.model.losses import AsymmetricLoss, build_loss
+from cxr_fast.model.losses import build_loss
 from cxr_fast.model.normalize import normalize
 from cxr_fast.model.refiner import LabelGraphRefiner
-from cxr_fast.train import engine
 from cxr_fast.train.amp import Amp
 from cxr_fast.train.engine import build_optimizer, build_scheduler, train_one_epoch
 from cxr_fast.train.infer import predict, validate
-
-CPU = torch.device("cpu")
-
-
-class TensorLoader:
-    """A tiny in-memory loader that follows the pipeline contract: Batch(uint8 images, float labels, int64 index)."""
-
-    def __init__(self, images, labels, batch_size, shuffle=False, seed=0):
-        self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
-        self.num_samples = len(images)
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __len__(self):
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def set_epoch(self, epoch):
-        pass
-
-    def __iter__(self):
-        order = torch.randperm(self.num_samples, generator=self.gen) if self.shuffle else torch.arange(self.num_samples)
-        for i in range(len(self)):
-            j = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield Batch(self.images[j], self.labels[j], j)
-
-
-class TinyBackbone(nn.Module):
-    """A small conv net whose head cannot see label 1 (its weight row is masked to 0, only the bias is left): label
-    1 can only be predicted through the refiner's coupling from label 0, with which it always co-occurs."""
-
-    def __init__(self, num_classes=3, blind=(1,)):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-                                      nn.Flatten())
-        self.head = nn.Linear(128, num_classes)
-        mask = torch.ones(num_classes)
-        mask[list(blind)] = 0.0
-        self.register_buffer("mask", mask)
-
-    def forward(self, x):
-        return nn.functional.linear(self.features(x), self.head.weight * self.mask[:, None], self.head.bias)
-
-
-def toy_data(n=256, size=32, seed=0):
-    """Label 0: a bright square top-left; label 1 = label 0 (co-occurs); label 2: a square bottom-right."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.zeros(n, 3)
-    labels[:, 0] = (torch.rand(n, generator=g) < 0.4).float()
-    labels[:, 1] = labels[:, 0]
-    labels[:, 2] = (torch.rand(n, generator=g) < 0.4).float()
-    images = (torch.rand(n, 1, size, size, generator=g) * 60).to(torch.uint8)
-    images[labels[:, 0] > 0, :, 4:12, 4:12] = 220
-    images[labels[:, 2] > 0, :, 20:28, 20:28] = 220
-    return images, labels
-
-
-def toy_model(seed=0, blind=(1,)):
-    torch.manual_seed(seed)
-    return CXRClassifier(TinyBackbone(blind=blind), LabelGraphRefiner(3))
-
-
-# ---------------------------------------------------------------- normalize
-
-def test_normalize_grey_values():
-    x = torch.tensor([0, 255, 128], dtype=torch.uint8).view(1, 1, 1, 3)
-    out = normalize(x, in_chans=1)
-    assert out.dtype == torch.float32 and out.shape == (1, 1, 1, 3)
-    expected = (torch.tensor([0.0, 1.0, 128 / 255]) - 0.449) / 0.226
-    torch.testing.assert_close(out.view(-1), expected)
-
-
-def test_normalize_expands_to_rgb_stats():
-    x = torch.full((2, 1, 4, 4), 100, dtype=torch.uint8)
-    out = normalize(x, in_chans=3)
-    assert out.shape == (2, 3, 4, 4)
-    for c, (m, s) in enumerate(zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))):
-        torch.testing.assert_close(out[:, c], torch.full((2, 4, 4), (100 / 255 - m) / s))
-    rgb = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
-    torch.testing.assert_close(normalize(rgb, 1), (rgb.float().mean(1, keepdim=True) / 255 - 0.449) / 0.226)
-    torch.testing.assert_close(normalize(rgb, 3)[:, 1], (rgb[:, 1].float() / 255 - 0.456) / 0.224)
-
-
-def test_normalize_does_not_touch_its_input_and_rejects_bad_shapes():
-    x = torch.full((1, 1, 2, 2), 50.0)
-    normalize(x, 1)
-    assert torch.equal(x, torch.full((1, 1, 2, 2), 50.0))
-    with pytest.raises(ValueError):
-        normalize(torch.zeros(1, 2, 4, 4, dtype=torch.uint8), 1)
-    with pytest.raises(ValueError):
-        normalize(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), 2)
-
-
-# ---------------------------------------------------------------- Amp
-
-def test_amp_on_cpu_is_off_unless_bf16():
-    lin = nn.Linear(4, 4)
-    for amp in (Amp(CPU, enabled=True), Amp(CPU, enabled=True, dtype="fp16"), Amp(CPU, enabled=False, dtype="bf16")):
-        assert not amp.enabled and not amp.scaler.is_enabled()
-        with amp.autocast():
-            assert lin(torch.randn(2, 4)).dtype == torch.float32
-        assert amp.state_dict() == {}
-    amp = Amp(CPU, enabled=True, dtype="bf16")
-    assert amp.enabled and not amp.scaler.is_enabled()
-    with amp.autocast():
-        assert lin(torch.randn(2, 4)).dtype == torch.bfloat16
-    loss = torch.tensor(3.0)
-    assert amp.scaler.scale(loss) is loss  # a disabled scaler passes through: one code path
-    with pytest.raises(ValueError):
-        Amp(CPU, dtype="fp8")
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_amp_on_cuda():
-    amp = Amp(torch.device("cuda"), enabled=True, dtype="fp16")  # "auto" is bf16 on Ampere+: see test_speed.py
-    assert amp.dtype == torch.float16 and amp.scaler.is_enabled()
-    auto = Amp(torch.device("cuda"), enabled=True)
-    assert auto.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16)
-    assert auto.scaler.is_enabled() is (auto.dtype == torch.float16)
-    state = amp.state_dict()
-    assert "scale" in state
-    amp2 = Amp(torch.device("cuda"), enabled=True, dtype="fp16")
-    amp2.load_state_dict({**state, "scale": 1024.0})
-    assert amp2.scaler.get_scale() == 1024.0
-    bf = Amp(torch.device("cuda"), enabled=True, dtype="bf16")
-    assert bf.dtype == torch.bfloat16 and not bf.scaler.is_enabled()
-    assert not Amp(torch.device("cuda"), enabled=False).enabled
-
+from tests.helpers import CPU, FlakyLoss, TensorLoader, TinyBackbone, toy_data, toy_model
 
 # ---------------------------------------------------------------- optimiser and schedule
 
@@ -249,43 +121,6 @@ def test_without_the_l1_prox_couplings_stay_dense():
     model = toy_model()
     stats = _train(model, TensorLoader(images, labels, batch_size=32, shuffle=True), epochs=2, refiner_l1=0.0)
     assert stats[-1]["refiner_sparsity"] == 0.0
-
-
-def test_prox_threshold_is_preconditioned_like_adam():
-    A = nn.Parameter(torch.zeros(2, 2))
-    opt = torch.optim.AdamW([{"params": [A], "weight_decay": 0.0}], lr=0.1, betas=(0.9, 0.99), eps=1e-8)
-    assert engine._prox_threshold(opt, A, 0.5) == pytest.approx(0.05)  # before any step: lr * l1
-    A.grad = torch.tensor([[0.0, 2.0], [0.01, 0.0]])
-    opt.step()
-    t = engine._prox_threshold(opt, A, 0.5)
-    # after one step v_hat = g^2, so t = lr * l1 / (|g| + eps)
-    torch.testing.assert_close(t, torch.tensor([[0.05 / 1e-8, 0.025], [5.0, 0.05 / 1e-8]]), rtol=1e-4, atol=0)
-
-
-class FlakyLoss(nn.Module):
-    """A real loss, except that the calls listed in `bad` return NaN (or give NaN gradients with `grad=True`)."""
-
-    def __init__(self, bad, grad=False):
-        super().__init__()
-        self.inner, self.bad, self.grad, self.calls = AsymmetricLoss(), set(bad), grad, 0
-
-    def forward(self, logits, targets):
-        i, self.calls = self.calls, self.calls + 1
-        if i in self.bad:
-            if self.grad:
-                return self.inner(_NanGrad.apply(logits), targets)
-            return self.inner(logits, targets) * float("nan")
-        return self.inner(logits, targets)
-
-
-class _NanGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        return g * float("nan")
 
 
 def _one_epoch(model, loss_fn, n_batches, ema=None, max_bad_steps=20):

@@ -16,17 +16,7 @@ import torch
 from cxr_fast.cli import couplings as couplings_cli
 from cxr_fast.cli import predict as predict_cli
 from cxr_fast.cli import train as train_cli
-
-from ..conftest import FAST
-
-
-def _exit2(capsys, fn, argv, needle):
-    with pytest.raises(SystemExit) as e:
-        fn(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
-    return err[0]
+from tests.helpers import FAST, assert_user_error, train_pil
 
 
 def _predict(ckpts, test_dir, out):
@@ -34,91 +24,91 @@ def _predict(ckpts, test_dir, out):
             "--num_workers", "0", "--no-progress", "--device", "cpu"]
 
 
-def test_predict_refuses_mixed_label_sets(pil_run, tmp_path, capsys):
+def test_predict_refuses_mixed_label_sets(pil_run, tmp_path):
     data, out = pil_run
     ck = torch.load(out / "test_resnet_fold2.pth", weights_only=True)
     ck["labels"] = list(reversed(ck["labels"]))
     torch.save(ck, tmp_path / "other.pth")
-    _exit2(capsys, predict_cli.main, _predict([out / "test_resnet_fold1.pth", tmp_path / "other.pth"], data / "test",
-                                              tmp_path / "s.csv"), "labels")
+    argv = _predict([out / "test_resnet_fold1.pth", tmp_path / "other.pth"], data / "test", tmp_path / "s.csv")
+    assert_user_error(lambda: predict_cli.main(argv), "labels")
     assert not (tmp_path / "s.csv").exists()
 
 
-def test_predict_refuses_checkpoint_of_another_model(pil_run, tmp_path, capsys):
+def test_predict_refuses_checkpoint_of_another_model(pil_run, tmp_path):
     data, out = pil_run
     ck = torch.load(out / "test_resnet_fold1.pth", weights_only=True)
     ck["config"]["model"] = "test_efficientnet"
     torch.save(ck, tmp_path / "wrong_model.pth")
-    _exit2(capsys, predict_cli.main, _predict([tmp_path / "wrong_model.pth"], data / "test", tmp_path / "s.csv"),
-           "do not fit")
+    argv = _predict([tmp_path / "wrong_model.pth"], data / "test", tmp_path / "s.csv")
+    assert_user_error(lambda: predict_cli.main(argv), "do not fit")
 
 
-def test_checkpoint_needing_pickle_is_refused(pil_run, tmp_path, capsys):
+def test_checkpoint_needing_pickle_is_refused(pil_run, tmp_path):
     data, _ = pil_run
     torch.save({"model": argparse.Namespace(a=1)}, tmp_path / "evil.pth")
-    _exit2(capsys, predict_cli.main, _predict([tmp_path / "evil.pth"], data / "test", tmp_path / "s.csv"),
-           "refused")
-    _exit2(capsys, couplings_cli.main, [str(tmp_path / "evil.pth")], "refused")
+    argv = _predict([tmp_path / "evil.pth"], data / "test", tmp_path / "s.csv")
+    assert_user_error(lambda: predict_cli.main(argv), "refused")
+    assert_user_error(lambda: couplings_cli.main([str(tmp_path / "evil.pth")]), "refused")
 
 
-def test_not_a_checkpoint(tmp_path, capsys):
+def test_not_a_checkpoint(tmp_path):
     (tmp_path / "x.pth").write_bytes(b"definitely not a checkpoint")
-    _exit2(capsys, couplings_cli.main, [str(tmp_path / "x.pth")], "x.pth")
+    assert_user_error(lambda: couplings_cli.main([str(tmp_path / "x.pth")]), "x.pth")
 
 
-def test_predict_empty_test_dir(pil_run, tmp_path, capsys):
+def test_predict_empty_test_dir(pil_run, tmp_path):
     _, out = pil_run
     (tmp_path / "empty").mkdir()
-    _exit2(capsys, predict_cli.main, _predict([out / "test_resnet_fold1.pth"], tmp_path / "empty",
-                                              tmp_path / "s.csv"), "no png/jpg/jpeg images")
+    argv = _predict([out / "test_resnet_fold1.pth"], tmp_path / "empty", tmp_path / "s.csv")
+    assert_user_error(lambda: predict_cli.main(argv), "no png/jpg/jpeg images")
 
 
-def test_predict_glob_matching_nothing(tmp_path, capsys):
-    _exit2(capsys, predict_cli.main, _predict([tmp_path / "nothing_*.pth"], tmp_path, tmp_path / "s.csv"),
-           "not found")
+def test_predict_glob_matching_nothing(tmp_path):
+    argv = _predict([tmp_path / "nothing_*.pth"], tmp_path, tmp_path / "s.csv")
+    assert_user_error(lambda: predict_cli.main(argv), "not found")
 
 
 def _train_shards(shards, out, *extra):
     return ["--shards", str(shards), "--pipeline", "pil", "--out_dir", str(out), "--epochs", "1", *FAST, *extra]
 
 
-def test_train_shards_without_manifest(synth_shards, tmp_path, capsys):
+def test_train_shards_without_manifest(synth_shards, tmp_path):
     broken = tmp_path / "shards"
     shutil.copytree(synth_shards, broken)
     (broken / "manifest.json").unlink()
-    _exit2(capsys, train_cli.main, _train_shards(broken, tmp_path / "o"), "manifest.json")
+    assert_user_error(lambda: train_cli.main(_train_shards(broken, tmp_path / "o")), "manifest.json")
 
 
-def test_train_shards_other_version(synth_shards, tmp_path, capsys):
+def test_train_shards_other_version(synth_shards, tmp_path):
     broken = tmp_path / "shards"
     shutil.copytree(synth_shards, broken)
     m = json.loads((broken / "manifest.json").read_text())
     m["version"] = 99
     (broken / "manifest.json").write_text(json.dumps(m))
-    _exit2(capsys, train_cli.main, _train_shards(broken, tmp_path / "o"), "version 99")
+    assert_user_error(lambda: train_cli.main(_train_shards(broken, tmp_path / "o")), "version 99")
 
 
-def test_train_shards_labels_differ(synth_shards, tmp_path, capsys):
-    _exit2(capsys, train_cli.main, _train_shards(synth_shards, tmp_path / "o", "--labels", "Edema,Cardiomegaly"),
-           "--labels")
+def test_train_shards_labels_differ(synth_shards, tmp_path):
+    argv = _train_shards(synth_shards, tmp_path / "o", "--labels", "Edema,Cardiomegaly")
+    assert_user_error(lambda: train_cli.main(argv), "--labels")
 
 
-def test_truncated_shard_caught_by_reader(synth_shards, tmp_path, capsys):
+def test_truncated_shard_caught_by_reader(synth_shards, tmp_path):
     broken = tmp_path / "shards"
     shutil.copytree(synth_shards, broken)
     tar = min(broken.glob("fold2-*.tar"))
     tar.write_bytes(tar.read_bytes()[:-2048])
-    msg = _exit2(capsys, train_cli.main, _train_shards(broken, tmp_path / "o"), tar.name)
+    msg = assert_user_error(lambda: train_cli.main(_train_shards(broken, tmp_path / "o")), tar.name)
     assert "truncated or altered" in msg
 
 
-def test_missing_image_found_before_training(synth_data, tmp_path, capsys):
+def test_missing_image_found_before_training(synth_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(synth_data, data)
     (data / "train" / "00007.png").unlink()
     argv = ["--train_csv", str(data / "train.csv"), "--train_dir", str(data / "train"), "--pipeline", "pil",
             "--out_dir", str(tmp_path / "o"), "--folds", "2", "--epochs", "1", *FAST]
-    _exit2(capsys, train_cli.main, argv, "00007.png")
+    assert_user_error(lambda: train_cli.main(argv), "00007.png")
     assert not (tmp_path / "o" / "last.pth").exists()
 
 
@@ -174,19 +164,16 @@ def test_bad_flag_values_exit_2(synth_data, tmp_path, flag, value):
     assert e.value.code == 2
 
 
-def test_couplings_refuses_unknown_image_suffix(pil_run, tmp_path, capsys):
+def test_couplings_refuses_unknown_image_suffix(pil_run, tmp_path):
     _, out = pil_run
-    _exit2(capsys, couplings_cli.main, [str(out / "test_resnet_fold1.pth"), "--out", str(tmp_path / "a.txt")],
-           ".png")
+    argv = [str(out / "test_resnet_fold1.pth"), "--out", str(tmp_path / "a.txt")]
+    assert_user_error(lambda: couplings_cli.main(argv), ".png")
     assert not (tmp_path / "a.txt").exists()
 
 
-def test_bad_folds_to_run_stops_before_anything_is_removed(synth_data, tmp_path, capsys):
-    from ..conftest import train_pil
-
+def test_bad_folds_to_run_stops_before_anything_is_removed(synth_data, tmp_path):
     (tmp_path / "test_resnet_fold1.pth").write_text("an earlier run's")
     (tmp_path / "oof.csv").write_text("an earlier run's")
-    with pytest.raises(SystemExit) as e:
-        train_pil(synth_data, tmp_path, "--folds_to_run", "7")
-    assert e.value.code == 2 and "--folds_to_run '7': folds are numbered 1..2" in capsys.readouterr().err
+    assert_user_error(lambda: train_pil(synth_data, tmp_path, "--folds_to_run", "7"),
+                      "--folds_to_run '7': folds are numbered 1..2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["oof.csv", "test_resnet_fold1.pth"]

@@ -4,52 +4,14 @@ uninterrupted run (same files, same weights: augmentation and shuffles are seede
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-ARGS = ["--model", "test_resnet", "--no-pretrained", "--img_size", "32", "--batch_size", "4", "--num_workers", "0",
-        "--no-progress", "--device", "cpu", "--folds", "2", "--epochs", "3", "--patience", "0", "--lr", "1e-3"]
-
-
-def _cmd(data, out, pipeline, shards=None):
-    src = ["--shards", str(shards)] if shards else ["--train_csv", str(data / "train.csv"),
-                                                    "--train_dir", str(data / "train")]
-    return [sys.executable, "-m", "cxr_fast.train", *src, "--test_dir", str(data / "test"), "--pipeline", pipeline,
-            "--out_dir", str(out), "--out_csv", str(out / "submission.csv"), *ARGS]
-
-
-def _kill_when(cmd, out, marker: str, extra_delay: float, timeout: float = 240) -> None:
-    """Start training, wait for `out/marker` to appear (+ a delay), then SIGKILL the whole process group."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    t0 = time.time()
-    try:
-        while not (out / marker).exists():  # polled finely: an epoch here lasts about a second
-            assert proc.poll() is None, f"training ended before it could be interrupted: {proc.stderr.read()!r}"
-            assert time.time() - t0 < timeout, "timed out waiting for training progress"
-            time.sleep(0.005)
-        time.sleep(extra_delay)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-
-
-def _outputs(out) -> dict:
-    return {
-        "files": sorted(p.name for p in out.iterdir() if p.is_file()),
-        "ckpt": {k: torch.load(out / f"test_resnet_fold{k}.pth", weights_only=True) for k in (1, 2)},
-        "oof": pd.read_csv(out / "oof.csv"),
-        "sub": pd.read_csv(out / "submission.csv"),
-        "metrics": [(r["fold"], r["epoch"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())],
-    }
+from tests.helpers import assert_user_error, kill_when, resume_cmd, run_outputs, train_pil
 
 
 def _assert_same(a: dict, b: dict) -> None:
@@ -68,18 +30,18 @@ def _assert_same(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def reference(long_epoch_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    subprocess.run(_cmd(long_epoch_data, out, "pil"), check=True, capture_output=True, timeout=600)
-    return _outputs(out)
+    subprocess.run(resume_cmd(long_epoch_data, out, "pil"), check=True, capture_output=True, timeout=600)
+    return run_outputs(out)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["between_epochs", "mid_epoch", "second_fold"])
 def test_kill9_then_resume_matches_uninterrupted(long_epoch_data, tmp_path, reference, where):
-    cmd = _cmd(long_epoch_data, tmp_path, "pil")
+    cmd = resume_cmd(long_epoch_data, tmp_path, "pil")
     # "between_epochs": right after epoch 1's last.pth lands; the others well inside an epoch (~1 s each here)
     marker, delay = {"between_epochs": ("last.pth", 0.0), "mid_epoch": ("last.pth", 0.25),
                      "second_fold": ("state/fold1.json", 0.25)}[where]
-    _kill_when(cmd, tmp_path, marker, delay)
+    kill_when(cmd, tmp_path, marker, delay)
     assert not (tmp_path / "cv_summary.json").exists() and not (tmp_path / "submission.csv").exists()
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr
@@ -87,16 +49,16 @@ def test_kill9_then_resume_matches_uninterrupted(long_epoch_data, tmp_path, refe
         assert "fold 1: already complete" in r.stdout
     else:
         assert "fold 1: resuming after epoch 1" in r.stdout
-    got = _outputs(tmp_path)
+    got = run_outputs(tmp_path)
     _assert_same(got, reference)
 
 
 def test_resume_refuses_changed_settings(synth_data, tmp_path):
     out = tmp_path
     (out / "config.json").write_text(json.dumps({"model": "resnet50"}))
-    r = subprocess.run(_cmd(synth_data, out, "pil") + ["--resume"], capture_output=True, text=True, timeout=300,
+    r = subprocess.run(resume_cmd(synth_data, out, "pil") + ["--resume"], capture_output=True, text=True, timeout=300,
                        check=False)
-    assert r.returncode == 2 and "--resume with different settings" in r.stderr and "Traceback" not in r.stderr
+    assert_user_error(r, "--resume with different settings")
 
 
 def _metrics(out):
@@ -104,8 +66,6 @@ def _metrics(out):
 
 
 def test_resume_keeps_other_folds_metrics_and_an_early_stop(synth_data, tmp_path):
-    from ..conftest import train_pil
-
     assert train_pil(synth_data, tmp_path, "--epochs", "2", "--folds_to_run", "2") == 0
     assert train_pil(synth_data, tmp_path, "--epochs", "2", "--folds_to_run", "1", "--resume") == 0
     assert sorted(_metrics(tmp_path)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
@@ -122,7 +82,7 @@ def test_resume_keeps_other_folds_metrics_and_an_early_stop(synth_data, tmp_path
     assert (tmp_path / "test_resnet_fold1.pth").read_bytes() == before
 
 
-def test_resume_refuses_other_folds(synth_data, tmp_path, capsys):
+def test_resume_refuses_other_folds(synth_data, tmp_path):
     """Same flags, but the CSV was edited in place (rows reordered): resuming would mix two fold assignments."""
     from cxr_fast.cli import train as train_cli
 
@@ -135,10 +95,7 @@ def test_resume_refuses_other_folds(synth_data, tmp_path, capsys):
             "--device", "cpu"]
     assert train_cli.main(argv) == 0
     df.sample(frac=1.0, random_state=0).to_csv(csv, index=False)
-    with pytest.raises(SystemExit) as e:
-        train_cli.main([*argv, "--resume"])
-    assert e.value.code == 2
-    assert "would assign other folds" in capsys.readouterr().err
+    assert_user_error(lambda: train_cli.main([*argv, "--resume"]), "would assign other folds")
 
 
 def test_trim_metrics_drops_rerun_epochs_and_a_cut_last_line(tmp_path):

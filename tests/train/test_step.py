@@ -8,13 +8,14 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from cxr_fast.model.ema import ModelEma
 from cxr_fast.train import step as step_mod
 from cxr_fast.train.amp import Amp
 from cxr_fast.train.engine import build_optimizer, build_scheduler, train_one_epoch
 from cxr_fast.train.step import TrainingDiverged
-from tests.train.test_engine import CPU, FlakyLoss, TensorLoader, toy_data, toy_model
+from tests.helpers import CPU, FlakyLoss, TensorLoader, toy_data, toy_model
 
 
 def fused_adamw(model, lr=1e-2, weight_decay=0.1):
@@ -156,3 +157,14 @@ def test_device_path_step_never_syncs_on_cuda(dtype):
         torch.cuda.set_sync_debug_mode(0)
     vals = step.tally.read()
     assert vals[step.tally.GOOD] + vals[step.tally.SKIPPED] == 6
+
+
+def test_prox_threshold_is_preconditioned_like_adam():
+    A = nn.Parameter(torch.zeros(2, 2))
+    opt = torch.optim.AdamW([{"params": [A], "weight_decay": 0.0}], lr=0.1, betas=(0.9, 0.99), eps=1e-8)
+    assert step_mod._prox_threshold(opt, A, 0.5) == pytest.approx(0.05)  # before any step: lr * l1
+    A.grad = torch.tensor([[0.0, 2.0], [0.01, 0.0]])
+    opt.step()
+    t = step_mod._prox_threshold(opt, A, 0.5)
+    # after one step v_hat = g^2, so t = lr * l1 / (|g| + eps)
+    torch.testing.assert_close(t, torch.tensor([[0.05 / 1e-8, 0.025], [5.0, 0.05 / 1e-8]]), rtol=1e-4, atol=0)
