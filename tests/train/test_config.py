@@ -92,7 +92,8 @@ def test_resume_allows_only_settings_that_cannot_change_results():
                         "--folds_to_run", "2", "--resume", "--eval_batch_size", "3"])
     assert config_differences(old, new) == []
     assert set(RESUME_MAY_CHANGE) == {"num_workers", "progress", "out_csv", "device", "folds_to_run", "resume",
-                                      "config", "eval_batch_size", "compile", "channels_last", "hw_decoder_load"}
+                                      "config", "eval_batch_size", "compile", "channels_last", "hw_decoder_load",
+                                      "find_unused_parameters", "tensorboard", "log_every"}
     # an older config.json without today's settings compares against their defaults
     older = {k: v for k, v in old.items() if k not in ("dali_decode", "channels_last", "compile")}
     assert config_differences(older, parse_config(BASE)) == []
