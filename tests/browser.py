@@ -17,7 +17,8 @@ import pytest
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 LOCAL_SCHEMES = ("file:", "data:", "about:", "blob:")
-# Measured in the page once it has loaded: headings, `.err` notes, images (decoded or not; shown vs natural width),
+# Measured in the page once it has loaded: headings (and those followed at once by a heading of the same or a higher
+# level: a section with nothing in it), `.err` notes, images (decoded or not; shown vs natural width),
 # elements past the right edge, the document's scroll width, the body's font size.
 PROBE = """() => {
   const vw = window.innerWidth;
@@ -25,8 +26,13 @@ PROBE = """() => {
       natural_w: i.naturalWidth, w: i.getBoundingClientRect().width}));
   const wide = [...document.body.querySelectorAll('*')].filter(e => e.getBoundingClientRect().right > vw + 1)
       .map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : '')).slice(0, 10);
+  const all = [...document.body.querySelectorAll('*')].filter(e => e.tagName !== 'SECTION');
+  const level = e => /^H[1-6]$/.test(e.tagName) ? +e.tagName[1] : 0;
+  const empty = all.filter((e, i) => level(e) && i + 1 < all.length && level(all[i + 1]) && level(all[i + 1]) <= level(e))
+      .map(e => e.textContent.trim());
   return {h1: [...document.querySelectorAll('h1')].map(h => h.textContent.trim()),
           h2: [...document.querySelectorAll('h2')].map(h => h.textContent.trim()),
+          h3: [...document.querySelectorAll('h3')].map(h => h.textContent.trim()), empty_headings: empty,
           errors: [...document.querySelectorAll('.err')].map(e => e.textContent.trim()),
           images: imgs, wide: wide, viewport: vw, scroll_width: document.scrollingElement.scrollWidth,
           font_px: parseFloat(getComputedStyle(document.body).fontSize), text_len: document.body.innerText.length};

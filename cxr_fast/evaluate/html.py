@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Sequence
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
-.note{color:#8a5a00}.err{color:#a00}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
+table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}img{max-width:100%}
+.note{color:#8a5a00}.err{color:#a00}.lead{font-size:1.1em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;
+margin-top:1.6em}h3{margin-top:1.2em}details>summary{cursor:pointer;color:#225;margin:.5em 0}
+@media (max-width:900px){td.num{white-space:normal}td,th{padding:3px 4px}}"""
 
 
 def esc(x) -> str:
@@ -36,18 +39,36 @@ def note(text: str) -> str:
     return para(text, "note")
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+_NUMERIC = re.compile(r"^[\[\]\d.,+\-\s%]*$|^-$")
+
+
+def _td(c) -> str:
+    """A cell: numbers (and intervals like [0.1, 0.2]) right-aligned, text left-aligned."""
+    text = fmt(c)
+    num = c is None or isinstance(c, (int, float)) or bool(_NUMERIC.match(text))
+    return f'<td class="num">{esc(text)}</td>' if num else f"<td>{esc(text)}</td>"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence], groups: Sequence[tuple[str, int]] = ()) -> str:
+    """A table; `groups` adds a header row above `headers` of (title, number of columns spanned)."""
+    top = "".join(f'<th colspan="{n}">{esc(t)}</th>' if n > 1 else f"<th>{esc(t)}</th>" for t, n in groups)
+    head = (f"<tr>{top}</tr>" if groups else "") + "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>"
+    body = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def details(summary: str, body: str) -> str:
+    """A folded block: `summary` shown, `body` on a click (configuration, long lists)."""
+    return f"<details><summary>{esc(summary)}</summary>\n{body}\n</details>"
 
 
 def image(b64_png: str, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{b64_png}">'
 
 
-def section(title: str, body: str) -> str:
-    return f"<section><h2>{esc(title)}</h2>\n{body}\n</section>"
+def section(title: str, body: str, level: int = 2) -> str:
+    """A titled block: level 2 for the page's sections, 3 for the parts of one."""
+    return f"<section><h{level}>{esc(title)}</h{level}>\n{body}\n</section>"
 
 
 def page(title: str, parts: Sequence[str]) -> str:

@@ -18,12 +18,16 @@ def _plt():
     return plt
 
 
-def to_base64(fig) -> str:
-    """PNG bytes of `fig`, base64-encoded; the figure is closed."""
+DPI = 100  # figures are sized in inches for <= ~900 px: shown near full size at 800 px windows
+
+
+def to_base64(fig, layout: bool = True) -> str:
+    """PNG bytes of `fig`, base64-encoded (laid out tight unless `layout` is False); the figure is closed."""
     plt = _plt()
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=90)
+    if layout:
+        fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -36,36 +40,69 @@ def _known(labels: np.ndarray, probs: np.ndarray, j: int) -> tuple[np.ndarray, n
     return y, probs[known, j]
 
 
+FEW_POSITIVES = 10  # under this many positives an AUC (and its bootstrap CI) is not stable
+GRID_COLS = 4  # small multiples: one panel per label, 4 across (~880 px wide at 100 dpi)
+
+
+def _grid(names: Sequence[str], suptitle: str, xlabel: str, ylabel: str):
+    """(fig, axes) of one square panel per label, unused panels hidden; shared 0..1 axes."""
+    plt = _plt()
+    n = max(len(names), 1)
+    cols = min(GRID_COLS, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows + 0.5), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax in axes.flat[:n]:
+        ax.set(xlim=(0, 1), ylim=(0, 1.02))
+        ax.tick_params(labelsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel, fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=9)
+    fig.suptitle(suptitle, fontsize=11)
+    return fig, list(axes.flat)
+
+
+def _few(y: np.ndarray) -> str:
+    n_pos = int(y.sum())
+    return f"n_pos {n_pos}" + (" (few)" if n_pos < FEW_POSITIVES else "")
+
+
 def roc_figure(labels: np.ndarray, probs: np.ndarray, names: Sequence[str], title: str = "ROC curves") -> str:
-    """ROC curve of every label with both classes, on one axis."""
+    """One ROC panel per label (small multiples: 14 curves on one axis cannot be told apart); a label without both
+    classes gets an empty panel saying so."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    for j, name in enumerate(names):
+    fig, axes = _grid(names, title, "1 - specificity", "sensitivity")
+    for j, (name, ax) in enumerate(zip(names, axes)):
         d = _known(labels, probs, j)
-        if d is not None:
-            fpr, tpr, _ = roc_curve(*d)
-            ax.plot(fpr, tpr, lw=1.2, label=f"{name} ({roc_auc_score(*d):.3f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(fontsize=7, loc="lower right")
+        ax.plot([0, 1], [0, 1], color="0.6", ls=":", lw=0.8)
+        if d is None:
+            ax.set_title(f"{name}\none class only: no curve", fontsize=8.5)
+            continue
+        fpr, tpr, _ = roc_curve(*d)
+        ax.plot(fpr, tpr, color="C0", lw=1.4)
+        ax.set_title(f"{name}\nAUC {roc_auc_score(*d):.3f}, {_few(d[0])}", fontsize=8.5)
     return to_base64(fig)
 
 
 def pr_figure(labels: np.ndarray, probs: np.ndarray, names: Sequence[str], title: str = "Precision-recall") -> str:
-    """Precision-recall curve of every label with positives, on one axis."""
+    """One precision-recall panel per label, drawn as sklearn's step function (no interpolation between operating
+    points), with the prevalence (a random model's precision) dotted."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    for j, name in enumerate(names):
+    fig, axes = _grid(names, title, "recall (sensitivity)", "precision (PPV)")
+    for j, (name, ax) in enumerate(zip(names, axes)):
         d = _known(labels, probs, j)
-        if d is not None:
-            prec, rec, _ = precision_recall_curve(*d)
-            ax.plot(rec, prec, lw=1.2, label=f"{name} (AP {average_precision_score(*d):.3f})")
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(fontsize=7, loc="upper right")
+        if d is None:
+            ax.set_title(f"{name}\none class only: no curve", fontsize=8.5)
+            continue
+        prec, rec, _ = precision_recall_curve(*d)
+        ax.plot(rec, prec, color="C1", lw=1.4, drawstyle="steps-post")
+        ax.axhline(d[0].mean(), color="0.6", ls=":", lw=0.8)
+        ax.set_title(f"{name}\nAP {average_precision_score(*d):.3f}, {_few(d[0])}", fontsize=8.5)
     return to_base64(fig)
 
 
@@ -83,31 +120,36 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -
 
 def calibration_figure(labels: np.ndarray, probs: np.ndarray, names: Sequence[str],
                        n_bins: int = 10) -> tuple[str, dict[str, float]]:
-    """Reliability diagram of every label with both classes, and each label's expected calibration error."""
+    """Reliability diagram per label (fraction positive per probability bin; the dotted diagonal is perfect
+    calibration; marker area ~ images in the bin), and each label's expected calibration error."""
     from sklearn.calibration import calibration_curve
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, axes = _grid(names, "Reliability (calibration)", "mean predicted probability", "fraction positive")
     eces = {}
-    for j, name in enumerate(names):
+    for j, (name, ax) in enumerate(zip(names, axes)):
+        ax.plot([0, 1], [0, 1], color="0.6", ls=":", lw=0.8)
         d = _known(labels, probs, j)
         if d is None:
+            ax.set_title(f"{name}\none class only", fontsize=8.5)
             continue
         y, p = d
         frac, mean_p = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
+        counts = np.bincount(np.searchsorted(np.linspace(0, 1, n_bins + 1)[1:-1], p), minlength=n_bins)
+        sizes = counts[counts > 0]
         eces[name] = expected_calibration_error(y, p, n_bins)
-        ax.plot(mean_p, frac, "o-", ms=3, lw=1, label=f"{name} (ECE {eces[name]:.3f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="mean predicted probability", ylabel="fraction positive", title="Reliability (calibration)",
-           xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(fontsize=7, loc="upper left")
+        ax.plot(mean_p, frac, color="C2", lw=1)
+        ax.scatter(mean_p, frac, s=8 + 60 * sizes / sizes.max(), color="C2", zorder=3)
+        ax.set_title(f"{name}\nECE {eces[name]:.3f}, {_few(y)}", fontsize=8.5)
     return to_base64(fig), eces
 
 
 def training_curves_figure(records: list[dict]) -> str:
-    """Loss, learning rate and validation macro-AUC per epoch, one line per fold."""
+    """Loss, learning rate and validation macro-AUC per epoch, one line per fold (whole-epoch ticks, the legend
+    beside the plots)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.3))
     folds = sorted({r.get("fold") for r in records if r.get("fold") is not None})
     for key, ax, title in zip(("loss", "lr", "val_auc"), axes, ("training loss", "learning rate",
                                                                 "validation macro-AUC")):
@@ -116,12 +158,36 @@ def training_curves_figure(records: list[dict]) -> str:
                          if r.get("fold") == k and isinstance(r.get(key), (int, float)) and "epoch" in r)
             if pts:
                 ax.plot(*zip(*pts), "o-", ms=3, lw=1.2, label=f"fold {k}")
-        ax.set(xlabel="epoch", title=title)
-        if folds:
-            ax.legend(fontsize=7)
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=8)
+    axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, fontsize=8, loc="lower center", ncol=min(len(names), 8), frameon=False)
+    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
+    return to_base64(fig, layout=False)
+
+
+def coupling_figure(effect: np.ndarray, labels: Sequence[str], title: str) -> str:
+    """Heatmap of the couplings in logit units (row: the label that is certain; column: the label whose logit moves),
+    a diverging colour scale centred at 0, sized to stay readable at 14 labels."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    plt = _plt()
+    n = len(labels)
+    lim = float(np.abs(effect).max()) or 1e-6
+    side = min(8.6, max(4.5, 0.42 * n + 3.0))
+    fig, ax = plt.subplots(figsize=(side + 0.8, side))
+    im = ax.imshow(effect, cmap="bwr", norm=TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim))
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    cb.set_label("change of the column label's logit", fontsize=9)
+    cb.ax.tick_params(labelsize=8)
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=9)
+    ax.set_yticks(range(n), labels, fontsize=9)
+    ax.set_xlabel("label whose logit moves (column)", fontsize=9)
+    ax.set_ylabel("label that is certain (row)", fontsize=9)
+    ax.set_title(title, fontsize=10)
     return to_base64(fig)
 
-
-def png_file_base64(path) -> str:
-    with open(path, "rb") as f:
-        return base64.b64encode(f.read()).decode("ascii")

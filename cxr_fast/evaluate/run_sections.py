@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +63,52 @@ def _checkpoints(run: Path, ctx: dict) -> list[Path]:
     return (RunPaths(run, model).checkpoints() if model else []) or RunPaths(run).checkpoints()
 
 
+DEFAULT_ALPHA = 0.3  # LabelGraphRefiner's default, for checkpoints whose config does not record refiner_alpha
+NEGLIGIBLE = 0.05   # a coupling under this fraction of the typical logit spread hardly moves any prediction
+
+
+def logit_spread(run: Path, ctx: dict, labels: list[str]) -> dict[str, float]:
+    """Per label, the standard deviation of logit(p) over the out-of-fold predictions: the typical spread a
+    coupling's shift is to be compared with (empty when oof.csv is not readable)."""
+    from cxr_fast.evaluate.runs import read_run
+
+    try:
+        oof = ctx.get("oof") or read_run(run)
+    except Exception:  # noqa: BLE001 - no OOF predictions: the couplings are shown without the comparison
+        return {}
+    p = np.clip(oof.probs, 1e-6, 1 - 1e-6)
+    z = np.log(p) - np.log1p(-p)
+    return {n: float(z[:, oof.label_names.index(n)].std()) for n in labels if n in oof.label_names}
+
+
+def _alpha(with_a: list[tuple[Path, dict]], ctx: dict) -> tuple[float, str]:
+    vals = {c.get("config", {}).get("refiner_alpha") for _, c in with_a}
+    vals = {v for v in vals if isinstance(v, (int, float))} or {ctx.get("config", {}).get("refiner_alpha")} - {None}
+    if len(vals) == 1:
+        return float(vals.pop()), "the checkpoints' refiner_alpha"
+    if vals:
+        return float(np.mean(sorted(vals))), "the mean of the checkpoints' differing refiner_alpha"
+    return DEFAULT_ALPHA, f"not recorded: the refiner's default {DEFAULT_ALPHA}"
+
+
+def coupling_words(effect: np.ndarray, labels: list[str], spread: dict[str, float], top: int = 10) -> list[list]:
+    """The `top` largest |alpha * A[i, j]| as rows: [in words, logit change, typical spread of j, fraction]."""
+    order = np.dstack(np.unravel_index(np.argsort(-np.abs(effect), axis=None, kind="stable"), effect.shape))[0]
+    rows = []
+    for i, j in order:
+        if i == j or effect[i, j] == 0 or len(rows) == top:
+            continue
+        v, sd = float(effect[i, j]), spread.get(labels[j])
+        rows.append([f"a certain {labels[i]} {'raises' if v > 0 else 'lowers'} {labels[j]}'s logit", f"{v:+.3g}",
+                     sd, abs(v) / sd if sd else None])
+    return rows
+
+
 def couplings_section(run: Path, ctx: dict) -> str:
     import torch
 
-    from cxr_fast.evaluate.couplings import mean_coupling, plot_heatmap, top_couplings
-    from cxr_fast.evaluate.plots import png_file_base64
+    from cxr_fast.evaluate.couplings import mean_coupling
+    from cxr_fast.evaluate.plots import coupling_figure
 
     paths = _checkpoints(run, ctx)
     if not paths:
@@ -83,14 +123,24 @@ def couplings_section(run: Path, ctx: dict) -> str:
     if len(with_a) < len(loaded):
         body += H.note(f"{len(loaded) - len(with_a)} checkpoint(s) have no refiner and are left out.")
     a, labels = mean_coupling(with_a)
-    with tempfile.TemporaryDirectory() as tmp:
-        png = Path(tmp) / "couplings.png"
-        plot_heatmap(a, labels, png, title=f"Learned label couplings (A), mean of {len(with_a)} fold(s)")
-        body += H.image(png_file_base64(png), "heatmap of the coupling matrix A")
-    top = top_couplings(a, labels, 3)
-    rows = [[name, ", ".join(f"{d['label']} ({d['A']:+.3g})" for d in lst) or "(none)"] for name, lst in top.items()]
+    alpha, alpha_from = _alpha(with_a, ctx)
+    effect = alpha * a
+    spread = logit_spread(run, ctx, labels)
+    body += H.para(f"The refiner adds alpha x sum_i p_i A[i, j] to label j's logit (alpha = {alpha:g}, {alpha_from}): "
+                   f"a certain positive of label i (p_i = 1) moves label j's logit by alpha x A[i, j]. The figures "
+                   f"below are that shift, beside the typical spread of label j's logit (standard deviation of "
+                   f"logit(p) over the out-of-fold images), so a real coupling can be told from noise.")
+    body += H.image(coupling_figure(effect, labels, f"Logit change alpha x A, mean of {len(with_a)} fold(s)"),
+                    "heatmap of the couplings in logit units")
+    rows = coupling_words(effect, labels, spread)
+    body += H.table(["strongest couplings", "logit change", "typical spread of that logit (SD)",
+                     "change / spread"], rows)
+    big = max((r[3] for r in rows if r[3] is not None), default=None)
+    if big is not None:
+        body += H.para(f"The largest coupling is {big:.1%} of its label's typical logit spread: "
+                       + ("the couplings hardly move any prediction (under 5%)." if big < NEGLIGIBLE else
+                          "large enough to move predictions near a threshold."))
     off = a[~np.eye(len(a), dtype=bool)]
-    body += H.table(["label", "strongest couplings"], rows)
     body += H.para(f"{(off != 0).mean():.0%} of the off-diagonal entries of A are non-zero "
                    f"(checkpoints: {', '.join(p.name for p, _ in with_a)}).")
     return body

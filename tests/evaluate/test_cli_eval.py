@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from cxr_fast.cli.eval import main
 from cxr_fast.evaluate.thresholds import write_thresholds
 from tests.evaluate.conftest import LABELS, make_data, write_pred_truth
+from tests.helpers import assert_user_error
 
 
 def test_eval_writes_json_and_report(tmp_path, capsys):
@@ -76,12 +77,8 @@ def test_bad_inputs_exit_2_one_line_nothing_written(tmp_path, capsys, kind, need
     pred, truth = write_pred_truth(tmp_path, y, p)
     _corrupt(kind, pred, truth)
     extra = ["--labels", ",".join(LABELS)] if kind == "missing_label" else []
-    with pytest.raises(SystemExit) as e:
-        main(["--pred", str(pred), "--truth", str(truth), "--bootstrap", "10", "--out", str(tmp_path / "e.json"),
-              "--report", str(tmp_path / "e.html")] + extra)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err, err
+    assert_user_error(lambda: main(["--pred", str(pred), "--truth", str(truth), "--bootstrap", "10", "--out",
+                                    str(tmp_path / "e.json"), "--report", str(tmp_path / "e.html")] + extra), needle)
     assert not (tmp_path / "e.json").exists() and not (tmp_path / "e.html").exists()
     assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []
 
