@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which thresholds of --thresholds: Youden's J, or sensitivity >= 0.90 on the OOF data")
     p.add_argument("--out_decisions", help="CSV of 0/1 decisions (default: --out_csv with _decisions before .csv)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--study_col", help="with --study_csv: also write <out_csv stem>_studies.csv, one row per study")
+    p.add_argument("--study_csv", help="CSV mapping images (--image_col) to studies (--study_col)")
+    p.add_argument("--study_agg", choices=("max", "mean"), default="max", help="a study's probability per label")
     return p
 
 
@@ -44,11 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     from cxr_fast import versions
+    from cxr_fast.data.table import list_test_images
+    from cxr_fast.evaluate.study import check_study_names, study_map, write_study_predictions
     from cxr_fast.train.checkpoint import load_fold_checkpoints
     from cxr_fast.train.outputs import write_predictions_csv
-    from cxr_fast.train.predict import ensemble_predict
     from cxr_fast.train.run import resolve_device
-    from cxr_fast.train.run_data import checked_test_names, say_left_out, shard_resize, test_file_set
+    from cxr_fast.train.run_data import say_left_out, shard_resize, test_file_set
 
     versions.check_torch()
     paths = sorted({p for pat in args.checkpoints for p in (glob.glob(pat) or [pat])})
@@ -56,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = list(ckpts[0][1]["labels"])
     device = resolve_device(args.device)
     cut = _threshold_vector(args, labels)  # before inference: a wrong file costs no GPU time
+    study_ids = study_map(args.study_csv, args.study_col, args.image_col)
     with tempfile.TemporaryDirectory(prefix="cxr-predict-") as tmp:
         if args.shards:
             samples, names = _shard_test_set(args.shards, labels)
@@ -70,15 +76,19 @@ def main(argv: list[str] | None = None) -> int:
                                          progress=args.progress)
             say_left_out([(r["name"], r["reason"]) for r in manifest["rejected"]])
             samples, names = _shard_test_set(shards, labels)
-        else:
-            names = checked_test_names(args.test_dir, args.skip_bad)  # a bad image stops us before inference
+        else:  # no check first: the prediction pass is the check (`_predict`), each image decoded once
+            names = list_test_images(args.test_dir)
             samples = test_file_set(args.test_dir, names, len(labels))
-        index, probs = ensemble_predict(ckpts, samples, pipeline=args.pipeline, batch_size=args.batch_size,
-                                        device=device, tta=args.tta, num_workers=args.num_workers,
-                                        amp=_amp_from(ckpts[0][1]["config"], device), progress=args.progress)
+        if study_ids is not None:
+            check_study_names(study_ids, names, args.study_csv)
+        index, probs = _predict(args, ckpts, samples, names, device)
     write_predictions_csv(args.out_csv, [names[i] for i in index], labels, probs, image_col=args.image_col)
     print(f"wrote {args.out_csv}: {len(index)} images x {len(labels)} labels, mean of {len(ckpts)} checkpoint(s)"
           f"{', flip TTA' if args.tta else ''}")
+    if study_ids is not None:
+        st_out = write_study_predictions(args.out_csv, [names[i] for i in index], labels, probs, study_ids,
+                                         args.study_col, args.study_agg)
+        print(f"wrote {st_out}: the {args.study_agg} of each study's image probabilities")
     if cut is not None:
         out = args.out_decisions or _decisions_path(args.out_csv)
         decided = (probs >= cut[None, :]).astype("uint8")
@@ -86,6 +96,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}: 0/1 decisions at the {args.operating_point} thresholds of {args.thresholds} "
               f"(prob >= threshold)")
     return 0
+
+
+def _predict(args, ckpts, samples, names: list[str], device):
+    """(index, probs) of the fold ensemble. Over image files the pass is also the check, before any output is
+    written: a bad image stops it with one line naming it, or with --skip_bad is left out, then named."""
+    from cxr_fast.train.predict import ensemble_predict
+    from cxr_fast.train.test_images import say_skipped, skip_bad_hint
+
+    files = samples.files is not None
+    with skip_bad_hint(args.test_dir) if files else contextlib.nullcontext():
+        index, probs = ensemble_predict(ckpts, samples, pipeline=args.pipeline, batch_size=args.batch_size,
+                                        device=device, tta=args.tta, num_workers=args.num_workers,
+                                        amp=_amp_from(ckpts[0][1]["config"], device), progress=args.progress,
+                                        skip_bad=files and args.skip_bad)
+    if files and args.skip_bad:
+        say_skipped(args.test_dir, names, index)
+    return index, probs
 
 
 def _threshold_vector(args, labels: list[str]):

@@ -1,4 +1,6 @@
-"""The training engine on CPU: normalisation, AMP, optimiser groups, LR schedule, training steps, skipping, TTA."""
+"""The training engine on CPU: optimiser groups, LR schedule, training steps (the refiner's couplings, the prox, EMA),
+skipping non-finite steps, TTA and evaluation order. (normalize: tests/model/test_normalize.py; Amp: test_amp.py;
+the prox threshold: test_step.py.)"""
 
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ def test_resume_refuses_other_folds(synth_data, tmp_path):
     argv = ["--train_csv", str(csv), "--train_dir", str(synth_data / "train"), "--pipeline", "pil", "--folds", "2",
             "--out_dir", str(tmp_path / "o"), "--epochs", "1", "--folds_to_run", "1", "--model", "test_resnet",
             "--no-pretrained", "--img_size", "48", "--batch_size", "8", "--num_workers", "0", "--no-progress",
-            "--device", "cpu"]
+            "--device", "cpu", "--no-tensorboard"]
     assert train_cli.main(argv) == 0
     df.sample(frac=1.0, random_state=0).to_csv(csv, index=False)
     assert_user_error(lambda: train_cli.main([*argv, "--resume"]), "would assign other folds")
