@@ -61,7 +61,7 @@ def machine() -> dict:
         "gpu": torch.cuda.get_device_name(0) if cuda else None, "cuda": torch.version.cuda if cuda else None,
         "platform": platform.platform(), "python": platform.python_version(),
         "versions": {"torch": torch.__version__, "torchvision": _version("torchvision"),
-                     "dali": _version("nvidia-dali-cuda120") or _version("nvidia-dali-cuda110"),
+                     "dali": _version("nvidia-dali-cuda130") or _version("nvidia-dali-cuda120"),
                      "pillow": pillow, "pillow_simd": _version("pillow-simd") is not None or ".post" in pillow,
                      "libjpeg_turbo": features.version("libjpeg_turbo") if features.check("libjpeg_turbo") else None,
                      "zlib": features.version("zlib"), "timm": _version("timm"), "numpy": numpy.__version__},

@@ -83,9 +83,11 @@ def model_name(device: torch.device) -> str:
         return "tf_efficientnet_b4"
 
 
-def bound_rows(model: str, size: int, batch: int, steps: int, device: torch.device, log=print) -> list[dict]:
+def bound_rows(model: str, size: int, batch: int, steps: int, device: torch.device, log=print,
+               configs=CONFIGS, on_row=lambda rows, running: None) -> list[dict]:
     rows = []
-    for dtype, cl in CONFIGS:
+    for dtype, cl in configs:
+        on_row(rows, f"bound {dtype} channels_last={'on' if cl else 'off'}")
         step = Step(model, dtype, cl, device)
         b = fixed_batch(batch, size, device)
         step([b] * 5)  # warm-up: cudnn.benchmark's search, allocations, optimiser state
@@ -110,9 +112,19 @@ def fed_row(name: str, loader, model: str, seconds: float, device: torch.device)
             "img_per_s": images / (time.perf_counter() - t0), "images": images}
 
 
+def _ratios(bound: dict) -> dict:
+    """channels_last and bf16 gains from the bound rows measured (--quick measures one: no ratio)."""
+    pairs = {"channels_last_gain_bf16": ("bound bf16 channels_last=on", "bound bf16 channels_last=off"),
+             "channels_last_gain_fp16": ("bound fp16 channels_last=on", "bound fp16 channels_last=off"),
+             "bf16_over_fp16": ("bound bf16 channels_last=on", "bound fp16 channels_last=on")}
+    return {k: bound[a] / bound[b] for k, (a, b) in pairs.items() if a in bound and b in bound}
+
+
 def run(*, batch: int = 32, steps: int = 30, seconds: float = 8.0, device: str = "cuda", model: str | None = None,
-        img_size: int = IMG_SIZE, data: tuple[int, int, int] = (256, 512, 512), log=print) -> dict:
-    """Every GPU row; the ratios (channels_last and bf16 gains, fraction of the bound) beside them.
+        img_size: int = IMG_SIZE, data: tuple[int, int, int] = (256, 512, 512), log=print, quick: bool = False,
+        on_row=lambda res: None) -> dict:
+    """Every GPU row; the ratios (channels_last and bf16 gains, fraction of the bound) beside them. `on_row(result so
+    far)` before each row starts (`result["running"]` names it) and after the last, so a crash loses one row only.
 
     `device`, `model`, `img_size` and `data` (images, source px, shard px) exist for the CPU smoke test that keeps
     this script from rotting where no GPU is (tests/doctor/test_gpu_check.py)."""
@@ -124,20 +136,32 @@ def run(*, batch: int = 32, steps: int = 30, seconds: float = 8.0, device: str =
     model = model or model_name(device)
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     log(f"GPU rows: {model} at {img_size} px, batch {batch}, on {gpu}")
-    rows = bound_rows(model, img_size, batch, steps, device, log)
+    res = {"model": model, "img_size": img_size, "batch_size": batch, "gpu": gpu, "torch": torch.__version__,
+           "quick": quick, "rows": [], "ratios": {}}
+
+    def report(rows: list[dict], running: str | None) -> None:
+        res["rows"], res["running"] = rows, running
+        on_row(res)
+
+    rows = bound_rows(model, img_size, batch, steps, device, log, CONFIGS[:1] if quick else CONFIGS,
+                      on_row=report)
     bound = {r["name"]: r["img_per_s"] for r in rows}
     workers = max(1, min(16, len(os.sched_getaffinity(0))))
     spec = AugmentSpec.for_training(img_size)
     with tempfile.TemporaryDirectory(prefix="gpu-rows-") as tmp:
+        report(rows, "shards + pil-shards bf16 channels_last=on")
         samples = make_shards(Path(tmp), *data, workers)
         rows.append(fed_row("pil-shards", build_pil_loader(samples, spec, batch, device, num_workers=workers),
                             model, seconds, device))
         if device.type == "cuda" and importlib.util.find_spec("nvidia") and importlib.util.find_spec("nvidia.dali"):
             from cxr_fast.pipelines.dali import build_dali_loader
 
+            report(rows, "dali-gpu loader only")
             dali = build_dali_loader(samples, spec, batch, device, num_workers=workers)
             rows.append({"name": "dali-gpu loader only", "kind": "loader", **measure(dali, seconds, device)})
-            rows.append(fed_row("dali-gpu", dali, model, seconds, device))
+            if not quick:
+                report(rows, "dali-gpu bf16 channels_last=on")
+                rows.append(fed_row("dali-gpu", dali, model, seconds, device))
         else:
             why = "NVIDIA DALI is not installed" if device.type == "cuda" else "no CUDA"
             rows.append({"name": "dali-gpu", "kind": "skipped", "img_per_s": None,
@@ -146,11 +170,9 @@ def run(*, batch: int = 32, steps: int = 30, seconds: float = 8.0, device: str =
     for r in rows:
         if r["kind"] == "end_to_end" and r["img_per_s"]:
             r["fraction_of_bound"] = r["img_per_s"] / ref
-    ratios = {"channels_last_gain_bf16": ref / bound["bound bf16 channels_last=off"],
-              "channels_last_gain_fp16": bound["bound fp16 channels_last=on"] / bound["bound fp16 channels_last=off"],
-              "bf16_over_fp16": ref / bound["bound fp16 channels_last=on"]}
-    return {"model": model, "img_size": img_size, "batch_size": batch, "gpu": gpu,
-            "torch": torch.__version__, "rows": rows, "ratios": ratios}
+    res["ratios"] = _ratios(bound)
+    report(rows, None)
+    return res
 
 
 def main(argv=None) -> int:
@@ -158,16 +180,17 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seconds", type=float, default=8.0)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--quick", action="store_true", help="one bound config (bf16, channels_last), no dali-gpu-fed row")
+    p.add_argument("--out", type=Path, help="the JSON, rewritten after every row (a crash keeps the rows so far)")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_rows: not measured here (no CUDA)")
         return 0
-    res = run(batch=a.batch_size, steps=a.steps, seconds=a.seconds)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if a.out:
-        a.out.write_text(text)
+    from cxr_fast.atomic import write_json_atomic
+
+    res = run(batch=a.batch_size, steps=10 if a.quick and a.steps == 30 else a.steps, seconds=a.seconds,
+              quick=a.quick, on_row=lambda r: a.out and write_json_atomic(a.out, r))
+    print(json.dumps(res, indent=2))
     return 0
 
 

@@ -78,7 +78,8 @@ def _pipelines(args, cuda: bool, log) -> list[str]:
         if "dali-gpu" in names and not cuda:
             raise UserError("--pipelines dali-gpu needs CUDA, which this machine does not have")
         if not have_dali and any(n.startswith("dali") or n == "decode-ceiling" for n in names):
-            raise UserError("the dali-* and decode-ceiling rows need NVIDIA DALI (pip install nvidia-dali-cuda120)")
+            raise UserError("the dali-* and decode-ceiling rows need NVIDIA DALI (make install; or pip install -e "
+                            "'.[dali-cu12]' / '.[dali-cu13]' to match torch.version.cuda)")
         return names
     names = [n for n in bench_loaders.LOADER_ROWS if (n != "dali-gpu" or cuda)]
     if not have_dali:

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         elif pipeline_info(args.pipeline).needs_shards:  # pack the test images first
             from cxr_fast.shards.writer import write_test_shards
 
-            check_pipeline(args.pipeline)  # fail before encoding anything (e.g. DALI absent)
+            check_pipeline(args.pipeline, device.type)  # fail before encoding anything (e.g. DALI absent)
             resize = shard_resize(max(int(ck["config"]["img_size"]) for _, ck in ckpts))
             # A folder inside tmp: the writer keeps its work folder beside OUT, so it goes when tmp goes
             shards = f"{tmp}/test"

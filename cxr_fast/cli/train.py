@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     from cxr_fast.train.speed import configure_cuda
 
     device = resolve_device(cfg.device)
-    check_pipeline(cfg.pipeline)  # fail before building shards (or starting processes), e.g. DALI absent or old
+    # fail before building shards (or starting processes): e.g. DALI absent or old, a decode form this GPU cannot run
+    check_pipeline(cfg.pipeline, device.type, {"hw_decoder_load": cfg.hw_decoder_load, "decode": cfg.dali_decode})
     device = dist.setup(device.type) or device
     configure_cuda(fixed_size=True)  # every training/eval batch is img_size x img_size: cudnn.benchmark pays
     try:

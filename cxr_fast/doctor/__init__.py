@@ -7,6 +7,7 @@ bandwidth), `loaders` (loader rates on generated shards), `run` (the table, doct
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 STATUSES = ("pass", "fail", "skip", "info")
@@ -28,3 +29,16 @@ class Row:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def guarded(name: str, fn: Callable[[], Row | list[Row]]) -> list[Row]:
+    """A check that raises becomes a failing row: the doctor reports, it does not crash, and one failing check (a
+    busy GPU, exclusive mode, MIG) hides no other."""
+    from cxr_fast.errors import first_line
+
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001
+        why = first_line(e, with_type=True)
+        return [Row(name, "fail", f"the check itself failed: {why}", "report doctor.json")]
+    return out if isinstance(out, list) else [out]

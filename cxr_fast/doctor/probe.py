@@ -69,13 +69,19 @@ def decode(device: str, form: str) -> dict:
 def hw() -> dict:
     from nvidia import nvimgcodec
 
-    data, _ = test_jpeg()
+    data, ref = test_jpeg()
     dec = nvimgcodec.Decoder(backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)])
-    img = dec.decode(nvimgcodec.CodeStream(data))
+    # grey out, as DALI asks for (output_type=GRAY): the default sRGB request may be declined by the hardware backend
+    # for a 1-channel JPEG, which would report the decoder absent where it is present
+    params = nvimgcodec.DecodeParams(color_spec=nvimgcodec.ColorSpec.GRAY)
+    img = dec.decode(nvimgcodec.CodeStream(data), params=params)
     if img is None:
-        return {"present": False, "detail": "the hardware-only backend declined a baseline grey JPEG"}
+        return {"present": False, "detail": "the hardware-only backend declined a baseline grey JPEG (grey output)"}
     out = np.asarray(img.cpu())
-    return {"present": True, "detail": f"decoded {out.shape} with the hardware-only backend"}
+    mad = float(np.abs(out.reshape(ref.shape).astype(np.float32) - ref).mean()) if out.size == ref.size else None
+    return {"present": True, "mad_vs_pil": mad,
+            "detail": f"decoded {out.shape} grey with the hardware-only backend"
+                      + (f", mean |HW - PIL| {mad:.2f}" if mad is not None else "")}
 
 
 def main(argv=None) -> int:

@@ -12,44 +12,41 @@ from pathlib import Path
 
 import torch
 
-from cxr_fast.doctor import Row
-from cxr_fast.errors import first_line
+from cxr_fast.doctor import Row, guarded
 
 GPU_SECONDS, CPU_SECONDS = 10.0, 2.0  # loader-rate windows
 
 
-def guarded(name: str, fn: Callable[[], Row | list[Row]]) -> list[Row]:
-    """A check that raises becomes a failing row: the doctor reports, it does not crash."""
-    try:
-        out = fn()
-    except Exception as e:  # noqa: BLE001
-        why = first_line(e, with_type=True)
-        return [Row(name, "fail", f"the check itself failed: {why}", "report doctor.json")]
-    return out if isinstance(out, list) else [out]
-
-
 def run_checks(*, quick: bool = False, seconds: float | None = None, loaders: bool = True,
-               log: Callable[[str], None] = print) -> list[Row]:
+               log: Callable[[str], None] = print,
+               on_rows: Callable[[list[Row]], None] = lambda rows: None) -> list[Row]:
+    """Every check in order; `on_rows(rows so far)` after each, so a report survives a later hang or crash."""
     from cxr_fast.doctor import decode, env, step
     from cxr_fast.doctor import loaders as loader_checks
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    rows = guarded("environment", lambda: env.env_rows(cuda))
-    have_dali = any(r.name == "DALI" and r.status == "pass" for r in rows)
+    rows: list[Row] = []
+
+    def add(name: str, fn: Callable[[], Row | list[Row]]) -> None:
+        rows.extend(guarded(name, fn))
+        on_rows(rows)
+
+    add("environment", lambda: env.env_rows(cuda))
+    have_dali = any(r.name == "DALI" and r.data.get("usable") for r in rows)
     log("checking DALI decodes (each in a subprocess) ...")
-    rows += guarded("DALI decode", lambda: decode.decode_rows(cuda, have_dali))
-    rows += guarded("hardware JPEG decoder", lambda: decode.hw_decoder_row(cuda, have_dali))
+    add("DALI decode", lambda: decode.decode_rows(cuda, have_dali))
+    add("hardware JPEG decoder", lambda: decode.hw_decoder_row(cuda, have_dali))
     log(f"a training step on {device} ...")
-    rows += guarded("training step", lambda: step.training_step_row(device))
-    rows += guarded("pinned host-to-device copy", lambda: step.h2d_row(device))
+    add("training step", lambda: step.training_step_row(device))
+    add("pinned host-to-device copy", lambda: step.h2d_row(device))
     if loaders:
         window = seconds if seconds is not None else (CPU_SECONDS if quick or not cuda else GPU_SECONDS)
         log(f"loader rates ({window:g} s each) ...")
         with tempfile.TemporaryDirectory(prefix="cxr-doctor-") as tmp:
-            rows += guarded("loaders", lambda: loader_checks.loader_rows(Path(tmp), cuda, have_dali, window, quick))
+            add("loaders", lambda: loader_checks.loader_rows(Path(tmp), cuda, have_dali, window, quick))
     else:
-        rows.append(Row("loaders", "skip", "--no_loaders"))
+        add("loaders", lambda: Row("loaders", "skip", "--no_loaders"))
     return rows
 
 
@@ -75,12 +72,22 @@ def summary(rows: list[Row]) -> str:
     return f"{head}: {verdict}" + (f"\nskipped: {'; '.join(skipped)}" if skipped else "")
 
 
-def report(rows: list[Row], seconds: float) -> dict:
+def _gpu_name() -> str | None:
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    except Exception as e:  # noqa: BLE001  (a report, whatever the GPU says)
+        return f"unknown ({type(e).__name__})"
+
+
+def report(rows: list[Row], seconds: float, *, complete: bool = True) -> dict:
+    """doctor.json; `complete` False while checks still run (written after each, so a crash leaves the rows so far)."""
     return {"date": dt.datetime.now().isoformat(timespec="seconds"), "seconds": round(seconds, 1),
+            "complete": complete,
             "machine": {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-                        "cuda": torch.cuda.is_available(),
-                        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-            "ok": exit_code(rows) == 0, "skipped": [r.name for r in rows if r.status == "skip"],
+                        "cuda": torch.cuda.is_available(), "gpu": _gpu_name()},
+            "ok": exit_code(rows) == 0 and complete, "skipped": [r.name for r in rows if r.status == "skip"],
             "rows": [r.to_dict() for r in rows]}
 
 
@@ -89,7 +96,13 @@ def run_doctor(out: Path | None, *, quick: bool = False, seconds: float | None =
     from cxr_fast.atomic import write_json_atomic
 
     t = time.perf_counter()
-    rows = run_checks(quick=quick, seconds=seconds, loaders=loaders, log=log)
+
+    def partial(rows: list[Row]) -> None:
+        if out is not None:
+            write_json_atomic(out, report(rows, time.perf_counter() - t, complete=False))
+
+    partial([])
+    rows = run_checks(quick=quick, seconds=seconds, loaders=loaders, log=log, on_rows=partial)
     log("")
     log(table(rows))
     log("")

@@ -17,13 +17,14 @@ class PipelineInfo:
                                      #         **options) -> Loader
     options: tuple[str, ...] = ()    # the pipeline-specific settings its builder takes (others are not passed)
     needs_shards: bool = False       # reads cxr-shard output only (image files must be packed first)
-    check: str | None = None         # a function of the module that stops a run early when it cannot work
+    check: str | None = None         # check(device_type, **options) of the module: stops a run early when it
+                                     # cannot work (DALI absent or too old, a decode form this GPU cannot run)
 
 
 PIPELINES: dict[str, PipelineInfo] = {
     "pil": PipelineInfo("cxr_fast.pipelines.pil", "build_pil_loader"),
     "dali": PipelineInfo("cxr_fast.pipelines.dali", "build_dali_loader", options=("hw_decoder_load", "decode"),
-                         needs_shards=True, check="require_dali"),
+                         needs_shards=True, check="start_check"),
 }
 
 
@@ -33,11 +34,13 @@ def pipeline_info(name: str) -> PipelineInfo:
     return PIPELINES[name]
 
 
-def check_pipeline(name: str) -> None:
-    """Run the pipeline's start-up check (DALI: installed, new enough), before shards are built or processes start."""
+def check_pipeline(name: str, device_type: str = "cpu", options: dict | None = None) -> None:
+    """Run the pipeline's start-up check before shards are built or processes start (DALI: installed, new enough,
+    the --dali_decode form runnable on this device); `options` as for `build_loader`."""
     info = pipeline_info(name)
     if info.check:
-        getattr(importlib.import_module(info.module), info.check)()
+        own = {k: v for k, v in (options or {}).items() if k in info.options}
+        getattr(importlib.import_module(info.module), info.check)(device_type, **own)
 
 
 def build_loader(name: str, samples: SampleSet, spec, batch_size: int, device, *, num_workers: int = 4,

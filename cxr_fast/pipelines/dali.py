@@ -27,6 +27,7 @@ Breaking out of an epoch early is allowed: the next `iter()` first drains the re
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -39,27 +40,43 @@ from cxr_fast.pipelines.dali_graph import (  # noqa: F401  (build_pipeline, requ
     DECODES,
     READER,
     build_pipeline,
+    png_warning,
     require_dali,
     resolve_decode,
     shard_sample_counts,
 )
 
 OUTPUTS = ("images", "labels", "index")
+_warned: set[str] = set()  # start-up warnings already printed by this process (one per shard folder, not per fold)
+
+
+def warn_once(key: str, message: str | None, rank: int = 0) -> None:
+    """Print `warning: message` on stderr once per process and key, from rank 0 only."""
+    if message and rank == 0 and key not in _warned:
+        _warned.add(key)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class DALILoader(Loader):
     """The loader contract over a DALI pipeline: `len()`, `num_samples`, `set_epoch`, batches on the device."""
 
     def __init__(self, pipe, *, num_samples: int, num_batches: int, num_labels: int, device: torch.device,
-                 root: Path | None = None, decode: str = "crop"):
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
+                 root: Path | None = None, decode: str = "crop", rebuild=None):
         self.pipe, self.num_samples, self.device, self.epoch = pipe, num_samples, device, 0
+        self._rebuild = rebuild  # checkpoint -> a new pipeline restored from it (training loaders)
+        self._done = 0  # batches yielded in the current pass
+        self._start = self._skip = 0  # the next pass: batches already done (restored), batches to drop (fallback)
         self.decode = decode  # the resolved decode form ("crop" or "full"), for logs and error advice
         self._root = root  # the shards' folder, named in read errors
         self._num_batches, self._num_labels = num_batches, num_labels
+        self._restored = False
+        self._start_iterator()
+
+    def _start_iterator(self) -> None:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
         try:  # the iterator starts the pipeline (prefetch): unreadable data can fail here already
-            self._it = DALIGenericIterator([pipe], list(OUTPUTS), reader_name=READER,
+            self._it = DALIGenericIterator([self.pipe], list(OUTPUTS), reader_name=READER,
                                            last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
         except RuntimeError as e:
             self._raise(e)
@@ -80,6 +97,27 @@ class DALILoader(Loader):
     def set_epoch(self, epoch: int) -> None:
         """Recorded only: DALI reshuffles by itself every pass (see the module docstring)."""
         self.epoch = epoch
+
+    def resume_state(self) -> dict | None:
+        """Where the current pass stands: DALI's own checkpoint (reader position, shuffle state, operator RNGs, the
+        iterator's counters) and the batches yielded so far; None for a pipeline without checkpointing (eval)."""
+        if not getattr(self.pipe, "_enable_checkpointing", False):
+            return None
+        return {"dali": self._it.checkpoints()[0], "batches": self._done, "epoch": self.epoch}
+
+    def resume_from(self, state: dict) -> None:
+        """Rebuild the pipeline from `resume_state`'s checkpoint: the next pass continues the interrupted one."""
+        self.pipe = self._rebuild(state["dali"])
+        self._start_iterator()
+        self._mid_epoch, self._restored = False, True
+
+    def skip_batches(self, n: int) -> None:
+        """The next pass starts at batch n: restored from a checkpoint it is there already; otherwise (no
+        checkpoint, e.g. another number of processes) n batches are run through DALI and dropped."""
+        if self._restored:
+            self._start, self._restored = n, False
+        else:
+            self._skip = n
 
     def _drain(self) -> None:
         """Run the DALI epoch to its end (its iterator ignores a reset in mid-epoch)."""
@@ -103,7 +141,7 @@ class DALILoader(Loader):
         if self._mid_epoch:  # the previous pass was abandoned early
             self._drain()
         self._mid_epoch = True
-        n = 0
+        n, self._start, skip, self._skip = self._start, 0, self._skip, 0
         while True:
             try:
                 out = next(self._it)[0]  # auto_reset: StopIteration leaves the iterator ready for the next pass
@@ -113,9 +151,17 @@ class DALILoader(Loader):
                 self._raise(e)
             if n < self._num_batches and out["images"].shape[0] > 0:
                 n += 1
-                yield self._unpack(out)
+                if n > skip:
+                    self._done = n
+                    yield self._unpack(out)
         self._mid_epoch = False
         assert n == self._num_batches, f"DALI yielded {n} batches, expected {self._num_batches}"
+
+
+def start_check(device_type: str, hw_decoder_load: float | None = None, decode: str | None = None) -> None:
+    """The registry's start-up check: DALI importable and new enough, and the --dali_decode form runnable on this
+    device (crop is refused on CUDA with nvImageCodec 0.9.x), before shards are built or processes start."""
+    require_dali(decode, device_type == "cuda")
 
 
 def build_dali_loader(samples: SampleSet, spec: AugmentSpec, batch_size: int, device: torch.device, *,
@@ -159,8 +205,15 @@ def build_dali_loader(samples: SampleSet, spec: AugmentSpec, batch_size: int, de
         if not torch.cuda.is_available():
             raise UserError("device cuda requested but CUDA is not available")
         device_id = device.index if device.index is not None else torch.cuda.current_device()
+        warn_once(f"png:{samples.shards[0][0].parent}", png_warning(samples.shards, gpu=True), rank)
     pipe = build_pipeline(samples, spec, batch_size, num_threads=max(1, num_workers), device_id=device_id,
                           seed=seed, rank=rank, world=world, hw_decoder_load=hw_decoder_load, prefetch=prefetch,
                           fused_warp=fused_warp, decode=form)
+
+    def rebuild(checkpoint: bytes):
+        return build_pipeline(samples, spec, batch_size, num_threads=max(1, num_workers), device_id=device_id,
+                              seed=seed, rank=rank, world=world, hw_decoder_load=hw_decoder_load, prefetch=prefetch,
+                              fused_warp=fused_warp, decode=form, checkpoint=checkpoint)
+
     return DALILoader(pipe, num_samples=n, num_batches=num_batches, num_labels=samples.labels.shape[1],
-                      device=device, root=samples.shards[0][0].parent, decode=form)
+                      device=device, root=samples.shards[0][0].parent, decode=form, rebuild=rebuild)

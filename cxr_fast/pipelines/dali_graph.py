@@ -45,29 +45,62 @@ DECODES = ("auto", "crop", "full")
 _CROP, _FLIP, _ROTATE, _BRIGHTNESS, _CONTRAST = range(10, 15)
 
 
-def require_dali():
-    """Import DALI lazily (the rest of the package works where it is absent) and refuse one older than the floor."""
+def require_dali(decode: str | None = None, gpu: bool = False):
+    """Import DALI lazily (the rest of the package works where it is absent) and refuse one older than the floor;
+    with `decode` (the trainer's --dali_decode) also refuse a decode form that cannot run here (`resolve_decode`),
+    so a CLI stops at start-up instead of at its first loader."""
+    from cxr_fast import versions
+
     try:
         import nvidia.dali  # noqa: F401
         from nvidia.dali.plugin import pytorch  # noqa: F401
     except ImportError as e:
+        pkg = versions.DALI_PACKAGES[versions.cuda_major(versions.torch_cuda())]
         raise UserError(f"--pipeline dali needs NVIDIA DALI ({e}); install it with "
-                        "`pip install nvidia-dali-cuda120` or use --pipeline pil") from None
+                        f"`pip install '{pkg}>={versions.DALI_MIN}'` or use --pipeline pil") from None
     from nvidia import dali
 
-    from cxr_fast.versions import check_dali
-
-    check_dali(getattr(dali, "__version__", "0"))
+    versions.check_dali(getattr(dali, "__version__", "0"))
+    if decode is not None:
+        resolve_decode(decode, gpu)
     return dali
 
 
 def resolve_decode(decode: str, gpu: bool) -> str:
-    """'auto' -> 'full' on a GPU, 'crop' on the CPU; 'crop' and 'full' as given."""
+    """'auto' -> 'full' on a GPU, 'crop' on the CPU; 'crop' and 'full' as given, except 'crop' on a GPU with an
+    nvImageCodec whose ROI decode crashes the process (`versions.roi_refusal`): a one-line UserError instead."""
+    from cxr_fast.versions import roi_refusal
+
     if decode not in DECODES:
         raise UserError(f"--dali_decode must be one of {', '.join(DECODES)}, got {decode!r}")
     if decode == "auto":
         return "full" if gpu else "crop"
+    why = roi_refusal(decode, gpu)
+    if why:
+        raise UserError(why)
     return decode
+
+
+def png_warning(shards: list[tuple[Path, Path]], gpu: bool) -> str | None:
+    """A start-up warning when a CUDA run reads PNG shards: DALI's "mixed" decoder decodes only JPEG (and JPEG 2000)
+    on the GPU, PNG falls back to its CPU threads. Read from each index's first sample line (`<ext> <offset> <size>
+    <name>` per member), so it needs no manifest."""
+    if not gpu:
+        return None
+    png = 0
+    for _, idx in shards:
+        try:
+            with open(idx) as f:
+                f.readline()
+                exts = f.readline().split()[0::4]
+        except OSError:
+            continue  # the reader names unreadable shards itself
+        png += "png" in exts
+    if not png:
+        return None
+    return (f"{png} of {len(shards)} shard(s) hold PNG images: DALI decodes PNG on its CPU threads, not the GPU "
+            f"(expect ~60-150 img/s per CPU thread for 512 px grey PNG, instead of thousands on the GPU decoder); "
+            f"re-shard with cxr-shard --format jpg for GPU decoding")
 
 
 def shard_sample_counts(shards: list[tuple[Path, Path]]) -> list[int]:
@@ -160,8 +193,10 @@ def _decode_kw(samples: SampleSet, gpu: bool, hw_decoder_load: float) -> dict:
 
 def build_pipeline(samples: SampleSet, spec: AugmentSpec, batch_size: int, *, num_threads: int, device_id: int | None,
                    seed: int, rank: int, world: int, hw_decoder_load: float = 0.65, prefetch: int = 2,
-                   fused_warp: bool | None = None, decode: str = "auto"):
+                   fused_warp: bool | None = None, decode: str = "auto", checkpoint: bytes | None = None):
     """The DALI pipeline (built, not yet run). `device_id=None` = CPU only; an int = mixed decode on that GPU.
+    Training pipelines record their state (`enable_checkpointing`: reader position, shuffle and operator RNGs);
+    `checkpoint` (from `DALILoader.resume_state`) restores one (a mid-epoch resume, docs/faults.md).
 
     fused_warp (train only): None = fused on CPU, resize + warp on GPU (see `_train_images`).
     decode (train only): "auto", "crop" or "full" (see the module docstring); eval always decodes the whole image.
@@ -173,7 +208,8 @@ def build_pipeline(samples: SampleSet, spec: AugmentSpec, batch_size: int, *, nu
     gpu = device_id is not None
     form = resolve_decode(decode, gpu)
     pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                         seed=seeds.derive(seed, "dali_augment", rank), prefetch_queue_depth=prefetch)
+                         seed=seeds.derive(seed, "dali_augment", rank), prefetch_queue_depth=prefetch,
+                         enable_checkpointing=spec.train, checkpoint=checkpoint if spec.train else None)
     decode_kw = _decode_kw(samples, gpu, hw_decoder_load)
     with pipe:
         shuffle = {"random_shuffle": True, "initial_fill": max(max(counts), batch_size), "shuffle_after_epoch": True,

@@ -221,7 +221,8 @@ def test_user_errors(synth, monkeypatch):
     with pytest.raises(UserError, match="shards hold 45 samples"):
         build_dali_loader(short, AugmentSpec.for_eval(16), 8, CPU)
     monkeypatch.setitem(__import__("sys").modules, "nvidia.dali", None)  # DALI absent
-    with pytest.raises(UserError, match="nvidia-dali-cuda120"):
+    monkeypatch.setattr("cxr_fast.versions.torch_cuda", lambda: "13.0")  # the hint follows torch's CUDA major
+    with pytest.raises(UserError, match="nvidia-dali-cuda130>=2.2"):
         build_dali_loader(synth, AugmentSpec.for_eval(16), 8, CPU)
 
 

@@ -20,10 +20,16 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
+from cxr_fast.versions import roi_refusal
+
 from .dali_data import corr
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 ROOT = Path(__file__).resolve().parents[2]
+# build_dali_loader refuses --dali_decode crop on CUDA with this nvImageCodec (it would SIGSEGV on H100): the crop
+# form is not run, and its tests are expected failures that name why (cxr-doctor still probes it in a subprocess)
+ROI_REFUSED = roi_refusal("crop", gpu=True)
+crop_xfail = pytest.mark.xfail(ROI_REFUSED is not None, reason=f"refused: {ROI_REFUSED}", run=False)
 
 CHILD = """
 import sys, torch
@@ -49,7 +55,7 @@ def gpu_runs(real, tmp_path_factory):
     samples, originals = real
     root = samples.shards[0][0].parent
     runs = {}
-    for decode in ("crop", "full"):
+    for decode in ("full",) if ROI_REFUSED else ("crop", "full"):
         out = tmp_path_factory.mktemp("gpu") / f"{decode}.pt"
         r = subprocess.run([sys.executable, "-c", CHILD, str(root), decode, str(out)], cwd=ROOT, capture_output=True,
                            text=True, timeout=300, check=False)
@@ -63,7 +69,7 @@ def _check_ran(r) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("decode", ["crop", "full"])
+@pytest.mark.parametrize("decode", [pytest.param("crop", marks=crop_xfail), "full"])
 def test_gpu_mixed_decode_form(gpu_runs, decode):
     runs, originals = gpu_runs
     r, res = runs[decode]
@@ -75,6 +81,7 @@ def test_gpu_mixed_decode_form(gpu_runs, decode):
         assert corr(images[k, 0].numpy(), ref) > 0.95
 
 
+@crop_xfail
 def test_gpu_decode_forms_agree(gpu_runs):
     runs, _ = gpu_runs
     for decode in ("crop", "full"):

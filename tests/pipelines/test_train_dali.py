@@ -14,10 +14,16 @@ import torch
 from cxr_fast.cli import predict as predict_cli
 from cxr_fast.cli import train as train_cli
 from cxr_fast.data.table import CHEXPERT_LABELS
-
-from ..conftest import FAST
-from ..test_ddp import ENTRY, _torchrun, check_ddp_outputs
-from ..train.test_resume import _cmd, _kill_when, _outputs
+from tests.helpers import (
+    DDP_ENTRY,
+    FAST,
+    assert_user_error,
+    check_ddp_outputs,
+    kill_when,
+    resume_cmd,
+    run_outputs,
+    torchrun_train,
+)
 
 pytest.importorskip("nvidia.dali")
 
@@ -100,7 +106,7 @@ def test_real_radiographs_through_shards_dali_and_engine(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_dali_two_processes(synth_data, synth_shards, tmp_path):
-    r = _torchrun(synth_data, tmp_path, "dali", shards=synth_shards)
+    r = torchrun_train(synth_data, tmp_path, "dali", shards=synth_shards)
     assert r.returncode == 0, r.stderr[-3000:]
     check_ddp_outputs(synth_data, tmp_path, r.stdout)
 
@@ -110,8 +116,9 @@ def test_ddp_waits_for_a_shard_build_longer_than_the_group_timeout(synth_data, t
     """Rank 0 builds the shards (made 8 s slower) while rank 1 waits; the process group's timeout is 3 s. The wait is
     on a long-timeout gloo group, so the job trains instead of dying in the first collective."""
     out = tmp_path / "out"
-    r = _torchrun(synth_data, out, "dali", entry=(ENTRY,), extra_args=["--shards_root", str(tmp_path / "shards")],
-                  extra_env={"CXR_FAST_SLOW_SHARDS_S": "8", "CXR_FAST_DIST_TIMEOUT_S": "3"})
+    r = torchrun_train(synth_data, out, "dali", entry=(DDP_ENTRY,),
+                       extra_args=["--shards_root", str(tmp_path / "shards")],
+                       extra_env={"CXR_FAST_SLOW_SHARDS_S": "8", "CXR_FAST_DIST_TIMEOUT_S": "3"})
     assert r.returncode == 0, r.stderr[-3000:]
     check_ddp_outputs(synth_data, out, r.stdout)
     assert len(list((tmp_path / "shards").glob("*/manifest.json"))) == 1  # built once, by rank 0
@@ -122,20 +129,20 @@ def test_dali_kill9_mid_epoch_then_resume(long_epoch_data, long_epoch_shards, tm
     """DALI's shuffle state is not re-derivable from the epoch number, so a resumed DALI run reaches the same set of
     outputs (every fold, every row, every test image) but not bit-identical weights."""
     ref_dir = tmp_path_factory.mktemp("dali_ref")
-    subprocess.run(_cmd(long_epoch_data, ref_dir, "dali", shards=long_epoch_shards), check=True,
+    subprocess.run(resume_cmd(long_epoch_data, ref_dir, "dali", shards=long_epoch_shards), check=True,
                    capture_output=True, timeout=600)
-    cmd = _cmd(long_epoch_data, tmp_path, "dali", shards=long_epoch_shards)
-    _kill_when(cmd, tmp_path, "last.pth", 0.1)
+    cmd = resume_cmd(long_epoch_data, tmp_path, "dali", shards=long_epoch_shards)
+    kill_when(cmd, tmp_path, "last.pth", 0.1)
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "fold 1: resuming after epoch" in r.stdout
-    ref, got = _outputs(ref_dir), _outputs(tmp_path)
+    ref, got = run_outputs(ref_dir), run_outputs(tmp_path)
     assert got["files"] == ref["files"] and got["metrics"] == ref["metrics"]
     assert got["oof"]["Image_name"].tolist() == ref["oof"]["Image_name"].tolist()
     assert got["sub"]["Image_name"].tolist() == ref["sub"]["Image_name"].tolist()
 
 
-def test_corrupt_shard_member_is_one_line_for_dali(synth_shards, tmp_path, capsys):
+def test_corrupt_shard_member_is_one_line_for_dali(synth_shards, tmp_path):
     """An image member overwritten in place (same size, so the cheap size check passes): DALI's error becomes one
     line pointing at cxr-shard verify, exit 2."""
     from cxr_fast.shards.format import read_index
@@ -149,9 +156,6 @@ def test_corrupt_shard_member_is_one_line_for_dali(synth_shards, tmp_path, capsy
     data[off:off + size] = b"\0" * size  # no JPEG left
     tar.write_bytes(bytes(data))
     assert load_manifest(broken)
-    with pytest.raises(SystemExit) as e:
-        train_cli.main(["--shards", str(broken), "--pipeline", "dali", "--out_dir", str(tmp_path / "o"),
-                        "--epochs", "1", *FAST, "--num_workers", "1"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cxr-shard verify" in err[0] and "Traceback" not in err[0]
+    assert_user_error(lambda: train_cli.main(["--shards", str(broken), "--pipeline", "dali", "--out_dir",
+                                              str(tmp_path / "o"), "--epochs", "1", *FAST, "--num_workers", "1"]),
+                      "cxr-shard verify")
