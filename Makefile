@@ -67,7 +67,7 @@ test-all: install
 	$(PY) -m pytest -q -m ""
 
 bench: install
-	$(PY) benchmarks/throughput.py $(ARGS)
+	$(PY) -m benchmarks.throughput $(ARGS)
 
 # on a CUDA machine: cxr-doctor + the GPU tests + GPU benchmark rows, one table (rows without CUDA: 'not measured here')
 gpu-check:

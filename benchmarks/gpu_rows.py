@@ -5,7 +5,7 @@
 - pil-shards, end to end: the same step (bf16, channels_last) fed by the PIL shard loader, as a fraction of the bound;
 - dali-gpu, loader only and end to end, where DALI is installed (skipped with the reason where it is not).
 
-    python benchmarks/gpu_rows.py [--steps 30] [--seconds 8] [--batch_size 32] [--out FILE]
+    python -m benchmarks.gpu_rows [--steps 30] [--seconds 8] [--batch_size 32] [--out FILE]
 
 Recorded, not asserted. Needs CUDA; `run()` returns the rows for the caller's table.
 """
@@ -195,5 +195,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.exit(main())

@@ -1,15 +1,15 @@
 """Scale benchmark: an NIH-sized dataset (default 112,120 rows) through folds -> cxr-shard (fresh, then killed at ~55%
 and resumed) -> cxr-shard verify -> one training epoch per pipeline, with seconds and peak memory per stage.
 
-    python benchmarks/scale.py [--rows 112120] [--pipelines pil,dali] [--workdir DIR] [--results benchmarks/results/scale]
+    python -m benchmarks.scale [--rows 112120] [--pipelines pil,dali] [--workdir DIR] [--results benchmarks/results/scale]
 
 The images are a few generated PNG/JPEG files hard-linked under every row's name, so the run measures the machinery
 (spool, journal, tar assembly, readers, start-up), not decoding big radiographs. Every stage runs in its own process
-(`scale.py _stage ...`), which reports its wall time and peak resident memory (itself and its largest child, from
+(`python -m benchmarks.scale _stage ...`), which reports its wall time and peak resident memory (itself and its largest child, from
 `resource.getrusage`) and its memory right after imports, so `(peak - base) / rows` is the per-row growth.
 Writes `<results>.json` and a markdown table `<results>.md`.
 
-    python benchmarks/scale.py --mode jpeg-draft [--images 16] [--resize 512] [--results benchmarks/results/jpeg-draft]
+    python -m benchmarks.scale --mode jpeg-draft [--images 16] [--resize 512] [--results benchmarks/results/jpeg-draft]
 
 times cxr-shard's per-image encode on MIMIC-sized JPEGs before/after reduced-scale JPEG decoding
 (`bench_jpeg_draft.py`).
@@ -80,7 +80,7 @@ def run_stage(name: str, spec: dict, logs: Path, kill_when=None) -> dict:
     tag = spec.get("tag", name)
     with open(logs / f"{tag}.out", "w") as out, open(logs / f"{tag}.err", "w") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, __file__, "_stage", name, json.dumps(spec), str(report)],
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scale", "_stage", name, json.dumps(spec), str(report)],
                                 stdout=out, stderr=err, cwd=ROOT)
         while proc.poll() is None:
             if kill_when is not None and kill_when():
@@ -236,9 +236,7 @@ def write_results(res: dict, prefix: Path) -> None:
 
 def jpeg_draft(args, work: Path) -> dict:
     """`--mode jpeg-draft`: bench_jpeg_draft.run, written as <results>.json and .md."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_* helpers beside this file
-    import bench_jpeg_draft
-
+    from benchmarks.common import jpeg_draft as bench_jpeg_draft
     from cxr_fast.atomic import write_json_atomic, write_text_atomic
 
     w, h = (int(v) for v in args.jpeg_size.lower().split("x"))

@@ -1,6 +1,6 @@
 """Input-pipeline throughput: the original PIL loader vs our PIL and DALI pipelines, loader-only and end to end.
 
-    python benchmarks/throughput.py [--data DIR | --synthetic N] [--source_size 1024] [--shard_size 512]
+    python -m benchmarks.throughput [--data DIR | --synthetic N] [--source_size 1024] [--shard_size 512]
         [--img_size 380] [--batch_size 32] [--workers W] [--repeats 3] [--pipelines ...] [--model NAME]
         [--out benchmarks/results]
 
@@ -20,13 +20,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_* helpers beside this file
-
-import bench_data
-import bench_loaders
-import bench_report
-import bench_timing
-
+from benchmarks.common import data as bench_data
+from benchmarks.common import loaders as bench_loaders
+from benchmarks.common import report as bench_report
+from benchmarks.common import timing as bench_timing
 from cxr_fast.errors import UserError, cli_entry
 
 HERE = Path(__file__).resolve().parent
@@ -129,7 +126,7 @@ def run(args: argparse.Namespace, log=print) -> tuple[dict, dict]:
 
     if args.breakdown_images > 0:
         log("per-stage profile (one thread) ...")
-        import bench_breakdown
+        from benchmarks.common import breakdown as bench_breakdown
 
         res["breakdown"] = bench_breakdown.breakdown(names, files_all, bd.all_folds, args.img_size, B,
                                                      args.breakdown_images)
@@ -148,13 +145,13 @@ def skip_batches(workers: int, n_batches: int) -> int:
 
 
 def default_model(device: torch.device) -> str:
-    from bench_train import DEFAULT_MODEL
+    from benchmarks.common.train import DEFAULT_MODEL
 
     return DEFAULT_MODEL[device.type if device.type in DEFAULT_MODEL else "cpu"]
 
 
 def end_to_end(args, bd: bench_data.BenchData, model: str, names: list[str], device: torch.device, log) -> dict:
-    import bench_train
+    from benchmarks.common import train as bench_train
 
     size = args.e2e_img_size or (args.img_size if device.type == "cuda" else 64)
     B, W = args.batch_size, args.workers

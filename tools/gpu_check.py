@@ -9,7 +9,7 @@ each in a subprocess with a timeout, so a hang or a crash (a DALI segfault) cost
 
 1. `cxr-doctor` (<= 150 s; each decode probe <= 30 s), writing `doctor-<card>.json` row by row;
 2. `pytest -m gpu` over the test files that hold GPU tests, one row per test (<= 120 s; --quick: not the slow ones);
-3. the GPU rows of the throughput benchmark (`benchmarks/gpu_rows.py`, writing its JSON after every row):
+3. the GPU rows of the throughput benchmark (`benchmarks.gpu_rows`, writing its JSON after every row):
    tf_efficientnet_b4_ns at 380 px AMP, channels_last on/off x bf16/fp16 on fixed on-device batches (the bound),
    pil-shards- and dali-gpu-fed training (--quick: bf16 channels_last only, shorter windows).
 
@@ -36,7 +36,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 NOT_HERE = "not measured here (no CUDA)"
 PLANNED = [("doctor", "cxr-doctor (every check)"), ("pytest", "pytest -m gpu"),
@@ -120,8 +119,9 @@ def pytest_gpu(timeout: float, quick: bool) -> list[list[str]]:
 
 
 def bench(out: Path, timeout: float, seconds: float, quick: bool) -> list[list[str]]:
-    """benchmarks/gpu_rows.py in a subprocess writing `out` after every row: a DALI segfault loses only its row."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_rows.py"), "--out", str(out), "--seconds", str(seconds),
+    """`python -m benchmarks.gpu_rows` in a subprocess (cwd: the repository) writing `out` after every row: a DALI
+    segfault loses only its row."""
+    cmd = [sys.executable, "-m", "benchmarks.gpu_rows", "--out", str(out), "--seconds", str(seconds),
            *(["--quick"] if quick else [])]
     why = run_cmd(cmd, timeout)[2]
     res = _read_json(out) or {"rows": [], "ratios": {}}

@@ -4,17 +4,12 @@ image counts (never for speed: timings on a shared CI machine mean nothing)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("nvidia.dali")
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import throughput
+from benchmarks import throughput
 
 N, B = 32, 8
 CPU_ROWS = ["pil-files", "pil-shards", "dali-cpu", "dali-cpu-exact", "decode-ceiling"]

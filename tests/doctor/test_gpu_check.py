@@ -13,11 +13,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import gpu_check
-import gpu_rows
+
+from benchmarks import gpu_rows
 
 
 @pytest.mark.parametrize("flags", [["--dry-run"], []])

@@ -55,7 +55,7 @@ def test_affinity_counts_and_cpu_count_fallback(monkeypatch, tmp_path):
 
 def test_shard_writer_uses_the_default(monkeypatch, tmp_path):
     from cxr_fast.shards.writer import write_shards
-    from tests.shards.test_shards import make_data
+    from tests.helpers import make_shard_data as make_data
 
     monkeypatch.setattr(cpus, "CGROUP_ROOT", tmp_path)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # one usable CPU: inline, no pool

@@ -25,47 +25,17 @@ from cxr_fast.shards import format as fmt
 from cxr_fast.shards import read as rd
 from cxr_fast.shards.verify import verify_shards
 from cxr_fast.shards.writer import write_shards, write_test_shards
-from tests.helpers import assert_user_error
-
-LABELS = ["Atelectasis", "Cardiomegaly", "Edema", "Effusion", "No Finding"]
-ODD_NAMES = ["CheXpert-v1.0/train/patient00001/study1/view1_frontal.jpg", "a.b c/ü.png", "x,y 'q\".png"]
-
-
-def _pixels(i: int, h: int = 64, w: int = 64) -> np.ndarray:
-    """Image i, regenerable from its index: a gradient plus seeded noise."""
-    rng = np.random.default_rng(i)
-    yy, xx = np.mgrid[0:h, 0:w]
-    return ((xx * 3 + yy * 2 + i * 7) % 200 + rng.integers(0, 40, (h, w))).astype(np.uint8)
-
-
-def make_data(root: Path, n: int = 40, n_test: int = 6, size: int = 64, seed: int = 0) -> Path:
-    """n training images (ODD_NAMES first) with a 5-label CSV holding 0/1/-1/blank, plus n_test test images."""
-    rng = np.random.default_rng(seed)
-    names = (ODD_NAMES + [f"p{i % 9}/img_{i:03d}.png" for i in range(len(ODD_NAMES), n)])[:n]
-    rows = []
-    for i, name in enumerate(names):
-        p = root / "train" / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_pixels(i, size, size)).save(p, format="JPEG" if name.endswith(".jpg") else "PNG")
-        vals = rng.choice(["0", "1", "-1", ""], size=len(LABELS), p=[0.5, 0.3, 0.1, 0.1])
-        rows.append([name, f"pt{i // 3}", *vals])
-    pd.DataFrame(rows, columns=["Image_name", "Patient", *LABELS]).to_csv(root / "train.csv", index=False)
-    (root / "test").mkdir(exist_ok=True)
-    for j in range(n_test):
-        Image.fromarray(_pixels(1000 + j, size, size)).save(root / "test" / f"t{j:02d}.png")
-    return root
+from tests.helpers import ODD_NAMES, assert_user_error
+from tests.helpers import SHARD_LABELS as LABELS
+from tests.helpers import make_shard_data as make_data
+from tests.helpers import shard_cli_args as cli_args
+from tests.helpers import shard_pixels as _pixels
 
 
 def build(root: Path, out: Path, **kw) -> dict:
     kw = {"uncertain": "ignore", "missing": "ignore", "samples_per_shard": 7, "workers": 1, "progress": False,
           "log": None, **kw}
     return write_shards(root / "train.csv", root / "train", out, test_dir=root / "test", **kw)
-
-
-def cli_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--train_csv", str(root / "train.csv"), "--train_dir", str(root / "train"), "--test_dir",
-            str(root / "test"), "--out", str(out), "--uncertain", "ignore", "--missing", "ignore",
-            "--samples_per_shard", "7", "--workers", "1", "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")

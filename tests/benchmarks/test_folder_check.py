@@ -1,24 +1,17 @@
-"""benchmarks/bench_test_check.py must not rot: a tiny run, checked for its JSON schema and its decode counts (never
+"""benchmarks/folder_check.py must not rot: a tiny run, checked for its JSON schema and its decode counts (never
 for speed)."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmarks import folder_check as bench_test_check
 
 
 @pytest.mark.slow
 def test_bench_test_check_tiny_run(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_test_check
-    finally:
-        sys.path.remove(str(BENCH))
     out = tmp_path / "check.json"
     assert bench_test_check.main(["--images", "6", "--distinct", "2", "--predict_images", "3", "--out", str(out)]) == 0
     res = json.loads(out.read_text())

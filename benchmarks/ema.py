@@ -1,7 +1,7 @@
 """Host time of one EMA update against its arithmetic floor: a single `_foreach_lerp_` over the same tensors.
 
-    .venv/bin/python benchmarks/bench_ema.py                      # resnet50 on the CPU -> benchmarks/results/ema.json
-    .venv/bin/python benchmarks/bench_ema.py --device cuda --out benchmarks/results/ema-cuda.json
+    .venv/bin/python -m benchmarks.ema                      # resnet50 on the CPU -> benchmarks/results/ema.json
+    .venv/bin/python -m benchmarks.ema --device cuda --out benchmarks/results/ema-cuda.json
 
 Rows, each timed over `--calls` back-to-back calls per repeat, median (min, max) of `--repeats` repeats after
 `--warmup` untimed calls, rows interleaved within each repeat so that drift hits them alike:

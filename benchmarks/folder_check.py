@@ -10,7 +10,7 @@ The sources are the two real NIH radiographs of tests/assets, upscaled to 1024x1
 PNG: `--distinct` different files, copied to `--images` (decode work is the same per file; the copies are in the
 page cache either way).
 
-    python benchmarks/bench_test_check.py --images 2000 --out benchmarks/results/test-check.json
+    python -m benchmarks.folder_check --images 2000 --out benchmarks/results/test-check.json
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ import numpy as np
 from PIL import Image
 
 ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_jpeg_draft import cpu_model
+from benchmarks.common.jpeg_draft import cpu_model
 
 
 def make_folder(folder: Path, n: int, distinct: int, size: int = 1024) -> list[Path]:

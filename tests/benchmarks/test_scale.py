@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks import scale
 
 
 def test_scale_benchmark_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale.py")
-    scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scale)
     res = scale.main(["--rows", "400", "--pipelines", "pil", "--workdir", str(tmp_path / "w"), "--results",
                       str(tmp_path / "scale"), "--workers", "2", "--batch_size", "32"])
     st = res["stages"]
@@ -26,9 +21,6 @@ def test_scale_benchmark_smoke(tmp_path):
 
 
 def test_jpeg_draft_benchmark_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale.py")
-    scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scale)
     res = scale.main(["--mode", "jpeg-draft", "--images", "2", "--repeats", "1", "--jpeg_size", "1024x1228",
                       "--resize", "256", "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "jd")])
     assert res["img_per_s"]["before_full_decode"] > 0 and res["img_per_s"]["after_reduced_scale_decode"] > 0

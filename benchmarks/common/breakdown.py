@@ -41,8 +41,9 @@ def _stack_ms(tensors: list) -> float:
 
 
 def _pil_files(files: list, img_size: int) -> list[tuple]:
-    from bench_loaders import IMAGENET_MEAN, IMAGENET_STD
     from torchvision import transforms as T
+
+    from benchmarks.common.loaders import IMAGENET_MEAN, IMAGENET_STD
 
     ms, imgs = _ms(lambda p: Image.open(p).convert("RGB"), files)
     out = [("read + PNG decode + convert RGB", "decode", ms)]
@@ -98,10 +99,10 @@ def _dali_ms(pipe, batch_size: int, batches: int) -> float:
 
 
 def _dali(shards: SampleSet, img_size: int, batch_size: int, batches: int) -> tuple[list, list, list]:
-    from bench_loaders import DecodeCeiling
     from nvidia import dali
     from nvidia.dali import fn, types
 
+    from benchmarks.common.loaders import DecodeCeiling
     from cxr_fast.pipelines.dali import build_pipeline
 
     spec = AugmentSpec.for_training(img_size)

@@ -22,7 +22,7 @@ from PIL import Image
 from cxr_fast.images.read import read_gray8
 from cxr_fast.shards.encode import EncodeOptions, encode, shrink
 
-ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "tests" / "assets"
 
 
 def cpu_model() -> str:

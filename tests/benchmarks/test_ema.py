@@ -1,20 +1,13 @@
-"""benchmarks/bench_ema.py must not rot: a tiny run, checked for its JSON schema (never for speed)."""
+"""benchmarks/ema.py must not rot: a tiny run, checked for its JSON schema (never for speed)."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmarks import ema as bench_ema
 
 
 def test_bench_ema_tiny_run(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_ema
-    finally:
-        sys.path.remove(str(BENCH))
     out = tmp_path / "ema.json"
     assert bench_ema.main(["--model", "test_resnet", "--repeats", "2", "--calls", "1", "--warmup", "1",
                            "--out", str(out)]) == 0
