@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cxr_fast.synth.write import generate
+from tests.helpers import FAST, train_pil  # noqa: F401 - FAST for tests that still import it here
 
 TINY = {"n_train": 48, "n_test": 10, "size": 96, "seed": 0}
 
@@ -47,19 +48,6 @@ def synth_shards(synth_data, tmp_path_factory) -> Path:
     write_shards(synth_data / "train.csv", synth_data / "train", out, test_dir=synth_data / "test", folds=2, seed=42,
                  samples_per_shard=10, workers=1, progress=False, log=None)
     return out
-
-
-FAST = ["--model", "test_resnet", "--no-pretrained", "--img_size", "48", "--batch_size", "8", "--num_workers", "0",
-        "--no-progress", "--device", "cpu"]
-
-
-def train_pil(data: Path, out: Path, *extra: str) -> int:
-    """cxr-train in-process on the synthetic set: PIL pipeline, 2 folds, a tiny timm model at 48 px."""
-    from cxr_fast.cli import train as train_cli
-
-    return train_cli.main(["--train_csv", str(data / "train.csv"), "--train_dir", str(data / "train"),
-                           "--test_dir", str(data / "test"), "--pipeline", "pil", "--folds", "2",
-                           "--out_dir", str(out), "--out_csv", str(out / "submission.csv"), *FAST, *extra])
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from .test_ddp import _free_port
+from tests.helpers import free_port
 
 WORKER = str(Path(__file__).with_name("dist_worker.py"))
 
 
 def _torchrun(*args, nnodes=1, node_rank=0, nproc=2, port=None, cwd=None, env=None, timeout=120, wait=True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank),
-           "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port or _free_port()),
+           "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()),
            WORKER, *map(str, args)]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})}
     if not wait:
@@ -48,7 +48,7 @@ def test_average_buffers_makes_every_ranks_batchnorm_statistics_the_mean():
 def _two_nodes(tmp_path, out_dir):
     """Two torchrun launches, one process each, as two nodes; the second runs from another folder, so a relative
     --out_dir names two different places (storage the nodes do not share)."""
-    port = _free_port()
+    port = free_port()
     cwds = [tmp_path / "node0", tmp_path / "node1"]
     for c in cwds:
         c.mkdir(exist_ok=True)

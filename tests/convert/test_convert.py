@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from cxr_fast.cli.convert import main
 from cxr_fast.convert.chexpert import convert_chexpert, resolve_policies
@@ -20,14 +18,10 @@ from cxr_fast.data.folds import make_folds
 from cxr_fast.data.table import CHEXPERT_LABELS, read_table
 from cxr_fast.errors import UserError
 from cxr_fast.images.read import read_gray8
+from tests.convert.datasets import CHX_ROWS, NIH_ROWS, NIH_TEST_PATIENTS, tiny_image, write_chexpert, write_nih
+from tests.helpers import assert_user_error
 
-DATA = Path(__file__).parents[1] / "assets"
 NIH_ALL = NIH_LABELS + ["No Finding"]
-
-
-def tiny_image(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8), dtype=np.uint8)).save(path)
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:
@@ -40,40 +34,6 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 
 
 # ---------------------------------------------------------------- NIH ChestX-ray14
-
-# (image, findings, patient); two real radiographs, the rest tiny images; images_001 and images_002 folders
-NIH_ROWS = [
-    ("00000001_000.png", "Cardiomegaly", 1), ("00000001_001.png", "Cardiomegaly|Emphysema", 1),
-    ("00000001_002.png", "Cardiomegaly|Effusion", 1), ("00000002_000.png", "No Finding", 2),
-    ("00000003_000.png", "Hernia", 3), ("00000003_001.png", "Hernia|Infiltration|Pleural_Thickening|Mass", 3),
-    ("00000004_000.png", "Mass|Nodule", 4), ("00000005_000.png", "No Finding", 5),
-    ("00000006_000.png", "Atelectasis|Pneumonia|Pneumothorax", 6), ("00000007_000.png", "Consolidation|Edema", 7),
-    ("00000007_001.png", "Fibrosis", 7), ("00000008_000.png", "Effusion|Atelectasis", 8),
-    ("00000009_000.png", "No Finding", 9), ("00027426_000.png", "No Finding", 27426),
-]
-NIH_TEST_PATIENTS = {3, 7, 27426}
-
-
-def write_nih(root: Path, rows=NIH_ROWS, images=True) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    # The real header ends in a comma and its bracketed names hold commas: pandas sees 12 columns, rows have 11.
-    header = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
-    lines = [header]
-    for i, (name, findings, pid) in enumerate(rows):
-        lines.append(f"{name},{findings},{int(name[9:12])},{pid},{40 + i},{'MF'[i % 2]},PA,2500,2048,0.143,0.143")
-        if images:
-            folder = root / ("images_001" if i < 8 else "images_002") / "images"
-            if (DATA / name).exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copy(DATA / name, folder / name)
-            else:
-                tiny_image(folder / name, i)
-    (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
-    (root / "train_val_list.txt").write_text("".join(f"{n}\n" for n, _, p in rows if p not in NIH_TEST_PATIENTS))
-    (root / "test_list.txt").write_text("".join(f"{n}\n" for n, _, p in rows if p in NIH_TEST_PATIENTS))
-    return root
-
 
 def test_nih_all_rows_roundtrip(tmp_path, capsys):
     root = write_nih(tmp_path / "nih")
@@ -132,22 +92,19 @@ def test_nih_official_split(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "t.csv").is_file()
 
 
-def test_nih_split_list_missing(tmp_path, capsys):
+def test_nih_split_list_missing(tmp_path):
     root = write_nih(tmp_path / "nih")
     (root / "test_list.txt").unlink()
-    rc, _, err = run_cli(["nih", "--root", str(root), "--out", str(tmp_path / "o.csv"), "--split", "official"],
-                         capsys)
-    assert rc == 2 and "test_list.txt" in err
+    assert_user_error(lambda: main(["nih", "--root", str(root), "--out", str(tmp_path / "o.csv"), "--split",
+                                    "official"]), "test_list.txt")
 
 
-def test_nih_unknown_finding_names_row(tmp_path, capsys):
+def test_nih_unknown_finding_names_row(tmp_path):
     rows = list(NIH_ROWS)
     rows[2] = ("00000001_002.png", "Cardiomegaly|Pneumonitis", 1)
     root = write_nih(tmp_path / "nih", rows)
-    rc, _, err = run_cli(["nih", "--root", str(root), "--out", str(tmp_path / "o.csv")], capsys)
-    assert rc == 2
-    assert err.startswith("error: ") and "'Pneumonitis'" in err and "line 4 (00000001_002.png)" in err
-    assert len(err.strip().splitlines()) == 1
+    assert_user_error(lambda: main(["nih", "--root", str(root), "--out", str(tmp_path / "o.csv")]), "'Pneumonitis'",
+                      "line 4 (00000001_002.png)")
     assert not (tmp_path / "o.csv").exists()
 
 
@@ -156,8 +113,8 @@ def test_nih_missing_images(tmp_path, capsys):
     for name in ("00000004_000.png", "00000005_000.png"):
         next(root.rglob(name)).unlink()
     out = tmp_path / "o.csv"
-    rc, _, err = run_cli(["nih", "--root", str(root), "--out", str(out)], capsys)
-    assert rc == 2 and "2 of 14" in err and "00000004_000.png" in err and "--skip_missing" in err
+    assert_user_error(lambda: main(["nih", "--root", str(root), "--out", str(out)]), "2 of 14", "00000004_000.png",
+                      "--skip_missing")
     rc, stdout, _ = run_cli(["nih", "--root", str(root), "--out", str(out), "--skip_missing"], capsys)
     assert rc == 0 and "dropped 2 rows" in stdout
     assert len(read_table(out, labels=NIH_ALL)) == 12
@@ -185,35 +142,6 @@ def test_nih_library_errors(tmp_path):
 
 
 # ---------------------------------------------------------------- CheXpert
-
-CHX_HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Enlarged Cardiomediastinum",
-              "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
-              "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
-# (path under CheXpert-v1.0-small/, frontal?, {label: value}); unnamed labels are blank
-CHX_ROWS = [
-    ("train/patient00001/study1/view1_frontal.jpg", True, {"No Finding": "1.0", "Support Devices": "1.0"}),
-    ("train/patient00002/study2/view1_frontal.jpg", True,
-     {"Atelectasis": "-1.0", "Edema": "-1.0", "Cardiomegaly": "-1.0", "Lung Opacity": "1.0", "Pneumonia": "0.0"}),
-    ("train/patient00002/study2/view2_lateral.jpg", False, {"Atelectasis": "-1.0", "Lung Opacity": "1.0"}),
-    ("train/patient00003/study1/view1_frontal.jpg", True,
-     {"Pleural Effusion": "1.0", "Edema": "0.0", "Consolidation": "-1.0", "Fracture": "0.0"}),
-    ("train/patient00004/study1/view1_frontal.jpg", True, {"Atelectasis": "1.0", "Cardiomegaly": "-1.0"}),
-]
-
-
-def write_chexpert(base: Path, rows=CHX_ROWS, folder="CheXpert-v1.0-small") -> Path:
-    root = base / folder
-    lines = [",".join(CHX_HEADER)]
-    for i, (rel, frontal, vals) in enumerate(rows):
-        sex, view = ("Female" if i % 2 else "Male"), ("Frontal" if frontal else "Lateral")
-        meta = [sex, str(50 + i), view, "AP" if frontal else ""]
-        cells = [f"{folder}/{rel}"] + meta + [vals.get(c, "") for c in CHX_HEADER[5:]]
-        lines.append(",".join(cells))
-        tiny_image((root / rel).with_suffix(".png"), i)
-        (root / rel).with_suffix(".png").rename(root / rel)  # content format does not matter here
-    (root / "train.csv").write_text("\n".join(lines) + "\n")
-    return root / "train.csv"
-
 
 def chx_table(tmp_path, capsys, *flags, labels=CHEXPERT_LABELS, **read_kw):
     csv = tmp_path / "CheXpert-v1.0-small" / "train.csv"
@@ -308,31 +236,30 @@ def test_chexpert_per_label_mix(tmp_path, capsys):
     (["--uncertain_map", "Atelectasis=maybe"], "policy for 'Atelectasis'"),
     (["--uncertain_map", "Atelectasis"], "not Label=policy"),
 ])
-def test_chexpert_bad_flags(tmp_path, capsys, flags, message):
+def test_chexpert_bad_flags(tmp_path, flags, message):
     csv = write_chexpert(tmp_path)
-    rc, _, err = run_cli(["chexpert", "--csv", str(csv), "--out", str(tmp_path / "o.csv"), *flags], capsys)
-    assert rc == 2 and message in err
+    assert_user_error(lambda: main(["chexpert", "--csv", str(csv), "--out", str(tmp_path / "o.csv"), *flags]),
+                      message)
 
 
 def test_chexpert_bad_inputs(tmp_path, capsys):
     rows = list(CHX_ROWS)
     rows[3] = (rows[3][0], True, {"Edema": "2.0"})
     csv = write_chexpert(tmp_path, rows)
-    rc, _, err = run_cli(["chexpert", "--csv", str(csv), "--out", str(tmp_path / "o.csv")], capsys)
-    assert rc == 2 and "'Edema'" in err and "'2.0'" in err and "line 5" in err
+    argv = ["chexpert", "--csv", str(csv), "--out", str(tmp_path / "o.csv")]
+    assert_user_error(lambda: main(argv), "'Edema'", "'2.0'", "line 5")
     # missing image, then --skip_missing
     write_chexpert(tmp_path)
     (csv.parent / CHX_ROWS[0][0]).unlink()
-    rc, _, err = run_cli(["chexpert", "--csv", str(csv), "--out", str(tmp_path / "o.csv")], capsys)
-    assert rc == 2 and "patient00001" in err and "not found" in err
+    assert_user_error(lambda: main(argv), "patient00001", "not found")
     rc, stdout, _ = run_cli(["chexpert", "--csv", str(csv), "--out", str(tmp_path / "o.csv"), "--skip_missing"],
                             capsys)
     assert rc == 0 and "dropped 1 rows" in stdout
     # a CSV of another layout
     other = tmp_path / "other.csv"
     other.write_text("Image,Edema\na.png,1\n")
-    rc, _, err = run_cli(["chexpert", "--csv", str(other), "--out", str(tmp_path / "o.csv")], capsys)
-    assert rc == 2 and "missing column" in err and "'Path'" in err
+    assert_user_error(lambda: main(["chexpert", "--csv", str(other), "--out", str(tmp_path / "o.csv")]),
+                      "missing column", "'Path'")
 
 
 def test_chexpert_path_without_patient(tmp_path):

@@ -7,11 +7,10 @@ import pandas as pd
 from cxr_fast.cli import convert as convert_cli
 from cxr_fast.cli import shard as shard_cli
 from cxr_fast.cli import train as train_cli
-
-from .test_convert import write_chexpert, write_nih
+from tests.convert.datasets import write_chexpert, write_nih
 
 TINY = ["--model", "test_resnet", "--no-pretrained", "--img_size", "32", "--batch_size", "4", "--epochs", "1",
-        "--num_workers", "0", "--no-progress", "--device", "cpu", "--folds", "2"]
+        "--num_workers", "0", "--no-progress", "--device", "cpu", "--folds", "2", "--no-tensorboard"]
 
 
 def _patients_whole(folds_csv, table_csv, image_col="Image_name"):

@@ -15,6 +15,7 @@ from cxr_fast.cli import export as export_cli
 from cxr_fast.cli import predict as predict_cli
 from cxr_fast.deploy.ensemble import preprocess_file
 from cxr_fast.deploy.export import read_metadata, run_exported
+from tests.helpers import assert_user_error
 
 from .conftest import LABELS, SIZE, THRESHOLDS, make_checkpoint
 
@@ -119,48 +120,42 @@ def test_older_opset(run_dir, tmp_path, capsys):
     assert json.loads(read_metadata("onnx", out)["labels"]) == LABELS
 
 
-def _fails(capsys, argv: list[str], out: Path, *needles: str) -> None:
-    with pytest.raises(SystemExit) as e:
-        export_cli.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    for n in needles:
-        assert n in err, err
+def _fails(argv: list[str], out: Path, *needles: str) -> None:
+    assert_user_error(lambda: export_cli.main(argv), *needles)
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]  # no temporary left
 
 
 @pytest.mark.parametrize("change,needle", [({"img_size": 48}, "img_size"), ({"in_chans": 3}, "in_chans"),
                                            ({"labels": ["Atelectasis", "Edema", "No Finding"]}, "labels")])
-def test_disagreeing_checkpoints(run_dir, tmp_path, capsys, change, needle):
+def test_disagreeing_checkpoints(run_dir, tmp_path, change, needle):
     odd = make_checkpoint(tmp_path / "other" / "test_resnet_fold3.pth", seed=3, **change)
     out = tmp_path / "model.onnx"
-    _fails(capsys, ["--checkpoints", str(run_dir / "*_fold*.pth"), str(odd), "--out", str(out)], out, needle,
+    _fails(["--checkpoints", str(run_dir / "*_fold*.pth"), str(odd), "--out", str(out)], out, needle,
            "disagree" if needle != "labels" else "differ")
 
 
-def test_bad_inputs(run_dir, tmp_path, capsys):
+def test_bad_inputs(run_dir, tmp_path):
     out = tmp_path / "model.onnx"
-    _fails(capsys, ["--checkpoints", str(tmp_path / "nothing*.pth"), "--out", str(out)], out, "not found")
+    _fails(["--checkpoints", str(tmp_path / "nothing*.pth"), "--out", str(out)], out, "not found")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    _fails(capsys, ["--checkpoints", str(tmp_path / "junk.pth"), "--out", str(out)], out, "junk.pth")
-    _fails(capsys, ["--checkpoints", str(run_dir / "*_fold1.pth"), "--format", "torchscript", "--opset", "17",
+    _fails(["--checkpoints", str(tmp_path / "junk.pth"), "--out", str(out)], out, "junk.pth")
+    _fails(["--checkpoints", str(run_dir / "*_fold1.pth"), "--format", "torchscript", "--opset", "17",
                     "--out", str(out)], out, "--opset")
-    _fails(capsys, ["--checkpoints", str(run_dir / "*_fold1.pth"), "--tta", "--opset", "9", "--out", str(out)], out,
+    _fails(["--checkpoints", str(run_dir / "*_fold1.pth"), "--tta", "--opset", "9", "--out", str(out)], out,
            "opset 9", "test_resnet")  # flip needs opset 10
     bad_run = tmp_path / "run"
     make_checkpoint(bad_run / "test_resnet_fold1.pth", seed=1)
     (bad_run / "thresholds.json").write_text(json.dumps({**THRESHOLDS, "labels": ["X", "Y", "Z"]}))
-    _fails(capsys, ["--checkpoints", str(bad_run / "*.pth"), "--out", str(out)], out, "thresholds.json")
+    _fails(["--checkpoints", str(bad_run / "*.pth"), "--out", str(out)], out, "thresholds.json")
 
 
-def test_mismatch_is_an_error(run_dir, tmp_path, capsys, monkeypatch):
+def test_mismatch_is_an_error(run_dir, tmp_path, monkeypatch):
     """A file whose numbers drift from PyTorch's by more than 1e-4 is refused and removed."""
     import cxr_fast.deploy.export as ex
 
     real = ex.run_exported
     monkeypatch.setattr(ex, "run_exported", lambda fmt, path, images: real(fmt, path, images) + 3e-4)
     out = tmp_path / "model.pt"
-    _fails(capsys, ["--checkpoints", str(run_dir / "*_fold1.pth"), "--format", "torchscript", "--out", str(out)],
+    _fails(["--checkpoints", str(run_dir / "*_fold1.pth"), "--format", "torchscript", "--out", str(out)],
            out, "differ from PyTorch", "nothing written")

@@ -15,6 +15,7 @@ from cxr_fast.data.table import CHEXPERT_LABELS
 from cxr_fast.errors import UserError
 from cxr_fast.images.read import read_gray8
 from cxr_fast.synth import write as synth
+from tests.helpers import assert_user_error
 
 L = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
 SMALL = {"n_train": 40, "n_test": 12, "size": 64, "seed": 3, "progress": False}
@@ -165,9 +166,7 @@ def test_cli_writes_and_reports(tmp_path, capsys):
     printed = capsys.readouterr().out
     for name in ("train.csv", "test_labels.csv", "couplings.json", "train", "test"):
         assert str(out / name) in printed
-    with pytest.raises(SystemExit) as e:  # refuses to overwrite an existing dataset
-        main(args)
-    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert_user_error(lambda: main(args), "--overwrite")  # refuses to overwrite an existing dataset
     assert main([*args[:3], "5", *args[4:], "--overwrite"]) == 0  # fewer images: stale files are removed
     assert len(list((out / "train").iterdir())) == 5 and len(pd.read_csv(out / "train.csv")) == 5
 
