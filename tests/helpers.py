@@ -28,23 +28,24 @@ TESTS = Path(__file__).resolve().parent
 # ---------------------------------------------------------------- the user-error contract
 
 def assert_user_error(result_or_callable: subprocess.CompletedProcess | Callable[[], object], *match: str,
-                      prefix: str = "error: ") -> str:
+                      prefix: str = "error: ", code: int = 2) -> str:
     """A user's mistake: exit code 2, exactly one line on stderr (starting with `prefix`), no traceback, and every
     `match` in that line. Takes a finished subprocess, or a callable (a CLI's main with its argv, in a lambda) that
-    must raise SystemExit(2) or return 2; its stderr is captured here. Returns the line."""
+    must raise SystemExit(2) or return 2; its stderr is captured here. Returns the line. `code`: another expected
+    exit code with the same one-line contract (e.g. a preempted run's EXIT_RESUMABLE)."""
     if isinstance(result_or_callable, subprocess.CompletedProcess):
-        code, err = result_or_callable.returncode, result_or_callable.stderr
+        got, err = result_or_callable.returncode, result_or_callable.stderr
         err = err.decode(errors="replace") if isinstance(err, bytes) else err or ""
     else:
         buf = io.StringIO()
         with contextlib.redirect_stderr(buf):
             try:
-                code = result_or_callable()
+                got = result_or_callable()
             except SystemExit as e:
-                code = e.code
+                got = e.code
         err = buf.getvalue()
     lines = err.strip().splitlines()
-    assert code == 2, f"exit code {code!r}, not 2; stderr: {err[-2000:]}"
+    assert got == code, f"exit code {got!r}, not {code}; stderr: {err[-2000:]}"
     assert "Traceback" not in err, err[-3000:]
     assert len(lines) == 1, f"{len(lines)} lines on stderr, not 1: {err[-2000:]}"
     assert lines[0].startswith(prefix), lines[0]

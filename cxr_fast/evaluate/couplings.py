@@ -31,17 +31,20 @@ def top_couplings(a: np.ndarray, labels: list[str], top: int = 5) -> dict[str, l
     return out
 
 
-def plot_heatmap(a: np.ndarray, labels: list[str], out: str | Path, title: str = "Learned label couplings (A)") -> None:
-    """Diverging colour map centred at 0, labels on both axes."""
-    import matplotlib
+HEATMAP_DPI = 120
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def heatmap_figure(a: np.ndarray, labels: list[str], title: str = "Learned label couplings (A)"):
+    """A as a matplotlib Figure (on its own Agg canvas, no pyplot), laid out: diverging colour map centred at 0,
+    labels on both axes. `plot_heatmap` saves it; TensorBoard (`train.logger.coupling_image`) renders it in memory."""
     from matplotlib.colors import TwoSlopeNorm
+
+    from cxr_fast.evaluate.plots import new_figure
 
     lim = float(np.abs(a).max()) or 1e-6
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * n + 3), max(5, 0.5 * n + 2)))
+    fig = new_figure((max(6, 0.5 * n + 3), max(5, 0.5 * n + 2)), dpi=HEATMAP_DPI)
+    ax = fig.subplots()
     im = ax.imshow(a, cmap="bwr", norm=TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(n), labels, rotation=90)
@@ -50,7 +53,12 @@ def plot_heatmap(a: np.ndarray, labels: list[str], out: str | Path, title: str =
     ax.set_ylabel("label i (row)")
     ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_heatmap(a: np.ndarray, labels: list[str], out: str | Path, title: str = "Learned label couplings (A)") -> None:
+    """`heatmap_figure` written to `out` (atomically), in the format its suffix names (png when none)."""
     out = Path(out)
+    fig = heatmap_figure(a, labels, title)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".").lower() or "png")
-    plt.close(fig)
+        fig.savefig(tmp, dpi=HEATMAP_DPI, format=out.suffix.lstrip(".").lower() or "png")

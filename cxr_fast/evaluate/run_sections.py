@@ -104,16 +104,25 @@ def coupling_words(effect: np.ndarray, labels: list[str], spread: dict[str, floa
     return rows
 
 
-def couplings_section(run: Path, ctx: dict) -> str:
+def _load_mapped(path: Path) -> dict:
+    """A fold checkpoint memory-mapped: this section reads A and a few fields, not the backbone's weights (about half
+    the CPU time of a full read, more for bigger models); a file not in torch.save's zip format is read whole."""
     import torch
 
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # mmap needs the zip format; a damaged file fails the same way below
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def couplings_section(run: Path, ctx: dict) -> str:
     from cxr_fast.evaluate.couplings import mean_coupling
     from cxr_fast.evaluate.plots import coupling_figure
 
     paths = _checkpoints(run, ctx)
     if not paths:
         return H.note("No fold checkpoints ({model}_fold{K}.pth) in the run folder: no coupling matrix.")
-    loaded = [(p, torch.load(p, map_location="cpu", weights_only=True)) for p in paths]
+    loaded = [(p, _load_mapped(p)) for p in paths]
     with_a = [(p, c) for p, c in loaded if isinstance(c.get("refiner"), dict) and "A" in c["refiner"]]
     if not with_a:
         return H.note("The run has no label-coupling refiner (trained with --no-refiner): no coupling matrix.")

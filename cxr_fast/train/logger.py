@@ -6,7 +6,6 @@ matrix A as a heatmap and the run's config. Only rank 0 writes."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -186,18 +185,15 @@ def open_logger(cfg: TrainConfig, folder: RunFolder, k: int, labels: list[str], 
 
 
 def coupling_image(a, labels: list[str], title: str) -> np.ndarray:
-    """A (diagonal left out, as cxr-couplings shows it) drawn by `evaluate.couplings.plot_heatmap`: uint8 (H, W, 3)."""
-    from PIL import Image
-
-    from cxr_fast.evaluate.couplings import plot_heatmap
+    """A (diagonal left out, as cxr-couplings shows it) drawn by `evaluate.couplings.heatmap_figure`: uint8 (H, W, 3),
+    the pixels of cxr-couplings' PNG, rendered in memory (no file written and read back)."""
+    from cxr_fast.evaluate.couplings import heatmap_figure
 
     a = np.array(a.detach().float().cpu().numpy() if hasattr(a, "detach") else a, dtype=np.float32)
     np.fill_diagonal(a, 0.0)
-    with tempfile.TemporaryDirectory() as tmp:  # plot_heatmap writes a file; the same picture as cxr-couplings
-        path = Path(tmp) / "A.png"
-        plot_heatmap(a, labels, path, title=f"{title}: learned label couplings (A)")
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+    fig = heatmap_figure(a, labels, title=f"{title}: learned label couplings (A)")
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def _scalar(writer, tag: str, value, step: int) -> None:

@@ -14,6 +14,7 @@ from cxr_fast.cli.compare import main
 from cxr_fast.evaluate.compare import compare_runs
 from cxr_fast.evaluate.compare_stats import t_interval
 from tests.evaluate.conftest import LABELS, make_run
+from tests.helpers import assert_user_error
 
 
 def rewrite_probs(src, dst, fn) -> None:
@@ -87,9 +88,8 @@ def test_two_runs_per_arm(tmp_path, capsys):
     assert r["t_ci95"] == pytest.approx([d.mean() - half, d.mean() + half])
     printed = capsys.readouterr().out
     assert "run 2 fold 3" in printed and "pooled OOF delta" in printed and r["verdict"] in printed
-    with pytest.raises(SystemExit) as e:
-        main(["--a", str(a1), "--b", str(tmp_path / "b1"), str(tmp_path / "b2")])
-    assert e.value.code == 2 and "paired by position" in capsys.readouterr().err
+    assert_user_error(lambda: main(["--a", str(a1), "--b", str(tmp_path / "b1"), str(tmp_path / "b2")]),
+                      "paired by position")
 
 
 def test_one_fold_one_run_never_better(tmp_path):

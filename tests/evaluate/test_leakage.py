@@ -93,7 +93,8 @@ def test_eval_and_compare_say_it(tmp_path, capsys, cmd):
 
 def test_cxr_shard_says_it_once(tmp_path, capsys):
     from cxr_fast.cli.shard import main
-    from tests.shards.test_shards import cli_args, make_data
+    from tests.helpers import make_shard_data as make_data
+    from tests.helpers import shard_cli_args as cli_args
 
     root = make_data(tmp_path, n=24, n_test=1)  # its train.csv has a "Patient" column, 3 images each
     main(cli_args(root, tmp_path / "out"))

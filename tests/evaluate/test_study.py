@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from cxr_fast.cli.eval import main
 from cxr_fast.evaluate.study import aggregate
 from tests.evaluate.conftest import LABELS, make_data, write_pred_truth
+from tests.helpers import assert_user_error
 
 
 def test_aggregate_rules():
@@ -49,13 +50,11 @@ def test_study_auc_equals_sklearn_on_hand_aggregated_table(tmp_path, agg, capsys
     assert "Study" not in r["labels"] and "100 studies from 300 images" in capsys.readouterr().out
 
 
-def test_missing_study_column_is_one_line(tmp_path, capsys):
+def test_missing_study_column_is_one_line(tmp_path):
     y, p = make_data(60, seed=1)
     pred, truth = write_pred_truth(tmp_path, y, p)
-    with pytest.raises(SystemExit) as e:
-        main(["--pred", str(pred), "--truth", str(truth), "--study_col", "Study", "--bootstrap", "0"])
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and len(err.splitlines()) == 1 and "--study_col 'Study'" in err
+    assert_user_error(lambda: main(["--pred", str(pred), "--truth", str(truth), "--study_col", "Study",
+                                    "--bootstrap", "0"]), "--study_col 'Study'")
 
 
 def test_predict_study_csv(tmp_path):

@@ -16,7 +16,7 @@ import torch
 from cxr_fast.cli import predict as predict_cli
 from cxr_fast.cli import train as train_cli
 from cxr_fast.train import checkpoint
-from tests.helpers import FAST
+from tests.helpers import FAST, assert_user_error
 
 
 def _argv(data, out, *extra):
@@ -25,14 +25,8 @@ def _argv(data, out, *extra):
             "--out_csv", str(out / "submission.csv"), *FAST, *extra]
 
 
-def _one_line(capsys, needle: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
-    return err[0]
-
-
 def test_second_run_into_a_running_runs_folder_is_refused_and_a_killed_holder_blocks_nothing(
-        long_epoch_data, tmp_path, capsys):
+        long_epoch_data, tmp_path):
     first = subprocess.Popen([sys.executable, "-m", "cxr_fast.train", *_argv(long_epoch_data, tmp_path,
                                                                               "--epochs", "3")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -42,10 +36,8 @@ def test_second_run_into_a_running_runs_folder_is_refused_and_a_killed_holder_bl
             assert first.poll() is None, first.stderr.read()
             assert time.time() - t0 < 120
             time.sleep(0.05)
-        with pytest.raises(SystemExit) as e:
-            train_cli.main(_argv(long_epoch_data, tmp_path))
-        assert e.value.code == 2
-        line = _one_line(capsys, "is in use by another cxr-train run")
+        line = assert_user_error(lambda: train_cli.main(_argv(long_epoch_data, tmp_path)),
+                                 "is in use by another cxr-train run")
         assert f"pid {first.pid}" in line and "started " in line
         assert first.poll() is None, "the first run must keep going"
     finally:
@@ -53,16 +45,15 @@ def test_second_run_into_a_running_runs_folder_is_refused_and_a_killed_holder_bl
         first.wait(timeout=30)
     # the killed holder's lock file is still there; the kernel released its lock: the next run starts at once
     assert (tmp_path / ".lock").exists()
-    with pytest.raises(SystemExit):
-        train_cli.main(_argv(long_epoch_data, tmp_path, "--folds_to_run", "7"))  # stops after taking the lock
-    _one_line(capsys, "folds are numbered 1..2")
+    assert_user_error(lambda: train_cli.main(_argv(long_epoch_data, tmp_path, "--folds_to_run", "7")),
+                      "folds are numbered 1..2")  # stops after taking the lock
 
 
 def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_full_disk_writing_last_pth_is_one_line_then_resume_completes(synth_data, tmp_path, monkeypatch, capsys):
+def test_full_disk_writing_last_pth_is_one_line_then_resume_completes(synth_data, tmp_path, monkeypatch):
     real_save = torch.save
 
     def save(obj, f, *args, **kwargs):
@@ -74,17 +65,14 @@ def test_full_disk_writing_last_pth_is_one_line_then_resume_completes(synth_data
 
     with monkeypatch.context() as m:
         m.setattr(checkpoint.torch, "save", save)
-        with pytest.raises(SystemExit) as e:
-            train_cli.main(_argv(synth_data, tmp_path))
-    assert e.value.code == 2
-    line = _one_line(capsys, "no space left on the device")
-    assert str(tmp_path / "last.pth") in line and "fold 1's resumable state" in line and "--resume" in line
+        assert_user_error(lambda: train_cli.main(_argv(synth_data, tmp_path)), "no space left on the device",
+                          str(tmp_path / "last.pth"), "fold 1's resumable state", "--resume")
     assert not (tmp_path / "last.pth").exists() and not list(tmp_path.glob(".*.tmp"))
     assert train_cli.main(_argv(synth_data, tmp_path, "--resume")) == 0  # room again
     assert (tmp_path / "cv_summary.json").exists()
 
 
-def test_enospc_on_the_fold_checkpoint_names_it(synth_data, tmp_path, monkeypatch, capsys):
+def test_enospc_on_the_fold_checkpoint_names_it(synth_data, tmp_path, monkeypatch):
     real_save = torch.save
 
     def save(obj, f, *args, **kwargs):
@@ -93,23 +81,18 @@ def test_enospc_on_the_fold_checkpoint_names_it(synth_data, tmp_path, monkeypatc
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint.torch, "save", save)
-    with pytest.raises(SystemExit) as e:
-        train_cli.main(_argv(synth_data, tmp_path, "--epochs", "1"))
-    assert e.value.code == 2
-    assert "fold 1's best checkpoint" in _one_line(capsys, str(tmp_path / "test_resnet_fold1.pth"))
+    assert_user_error(lambda: train_cli.main(_argv(synth_data, tmp_path, "--epochs", "1")),
+                      str(tmp_path / "test_resnet_fold1.pth"), "fold 1's best checkpoint")
     assert not list(tmp_path.glob("*_fold*.pth")) and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_real_full_tmpfs_during_training(synth_data, tmp_path, capsys):
+def test_real_full_tmpfs_during_training(synth_data, tmp_path):
     """A real ENOSPC: a 3 MB tmpfs that holds the run's first files but not its checkpoints (skips, saying why,
     where this process may not mount)."""
     from ..shards.tmpfs import resize_tmpfs, small_tmpfs
 
     with small_tmpfs(tmp_path / "small", size="300k") as out:
-        with pytest.raises(SystemExit) as e:
-            train_cli.main(_argv(synth_data, out, "--epochs", "1"))
-        assert e.value.code == 2
-        _one_line(capsys, "no space left on the device")
+        assert_user_error(lambda: train_cli.main(_argv(synth_data, out, "--epochs", "1")), "no space left on the device")
         assert not list(out.glob(".*.tmp")) and not list(out.glob("*.pth"))
         resize_tmpfs(out, "64m")
         assert train_cli.main(_argv(synth_data, out, "--epochs", "1", "--resume")) == 0
@@ -120,7 +103,7 @@ def _truncate(src, dst, keep: float = 0.5) -> None:
     dst.write_bytes(data[: int(len(data) * keep)])
 
 
-def test_truncated_last_pth_on_resume_is_one_line(pil_run, tmp_path, capsys):
+def test_truncated_last_pth_on_resume_is_one_line(pil_run, tmp_path):
     data, run = pil_run
     out = tmp_path / "run"
     out.mkdir()
@@ -128,22 +111,15 @@ def test_truncated_last_pth_on_resume_is_one_line(pil_run, tmp_path, capsys):
     argv = ["--train_csv", str(data / "train.csv"), "--train_dir", str(data / "train"), "--test_dir",
             str(data / "test"), "--pipeline", "pil", "--folds", "2", "--out_dir", str(out), "--out_csv",
             str(out / "submission.csv"), *FAST, "--epochs", "2", "--lr", "1e-3", "--ema_decay", "0.9", "--resume"]
-    with pytest.raises(SystemExit) as e:
-        train_cli.main(argv)
-    assert e.value.code == 2
-    line = _one_line(capsys, str(out / "last.pth"))
-    assert "damaged" in line and "delete it to restart this fold" in line
+    assert_user_error(lambda: train_cli.main(argv), str(out / "last.pth"), "damaged", "delete it to restart this fold")
 
 
 @pytest.mark.parametrize("keep", [0.0, 0.3, 0.97])
-def test_truncated_fold_checkpoint_given_to_predict_is_one_line(pil_run, tmp_path, capsys, keep):
+def test_truncated_fold_checkpoint_given_to_predict_is_one_line(pil_run, tmp_path, keep):
     data, run = pil_run
     bad = tmp_path / "test_resnet_fold2.pth"
     _truncate(run / "test_resnet_fold2.pth", bad, keep)
     argv = ["--checkpoints", str(run / "test_resnet_fold1.pth"), str(bad), "--test_dir", str(data / "test"),
             "--out_csv", str(tmp_path / "s.csv"), "--num_workers", "0", "--no-progress", "--device", "cpu"]
-    with pytest.raises(SystemExit) as e:
-        predict_cli.main(argv)
-    assert e.value.code == 2
-    assert "retrain that fold" in _one_line(capsys, f"{bad}: damaged or not a checkpoint")
+    assert_user_error(lambda: predict_cli.main(argv), f"{bad}: damaged or not a checkpoint", "retrain that fold")
     assert not (tmp_path / "s.csv").exists()
