@@ -24,11 +24,9 @@ from benchmarks import gpu_rows
 def test_gpu_check_without_cuda_prints_not_measured_and_exits_0(flags, tmp_path):
     if not flags and torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the real run is `make gpu-check`")
-    t = time.perf_counter()
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), *flags, "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert time.perf_counter() - t < 30
     lines = r.stdout.splitlines()
     assert sum(ln.endswith(gpu_check.NOT_HERE) for ln in lines) == len(gpu_check.PLANNED)
     assert "FAIL" not in r.stdout and not list(tmp_path.iterdir())
