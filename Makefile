@@ -60,11 +60,12 @@ demo-compare: install
 	$(PY) -m cxr_fast.cli.compare --a $(DEMO)/outputs $(DEMO)/outputs_seed7 \
 	    --b $(DEMO)/outputs_norefiner $(DEMO)/outputs_norefiner_seed7 --out $(DEMO)/compare.json
 
+# two pytest workers (pytest-xdist): the suite's subprocess, torchrun and decode waits overlap on a 2-core machine
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-all: install
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -n 2 -m ""
 
 bench: install
 	$(PY) -m benchmarks.throughput $(ARGS)
