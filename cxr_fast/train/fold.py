@@ -198,11 +198,11 @@ class FoldTrainer:
             st.mid_batches, st.mid_tally = 0, None
             self._sync_buffers()
             self._end_epoch(epoch, stats, model)
+            if preempt.should_stop():  # a signal during validation (the last epoch's too): last.pth is complete
+                raise preempt.Preempted(preempt.stop_message(k, epoch + 1, 0, self.steps, self.folder.last))
             if c.patience > 0 and st.bad_epochs >= c.patience:
                 dist.log(f"fold {k}: early stop after epoch {epoch} (no improvement for {c.patience} epochs)")
                 break
-            if epoch < c.epochs and preempt.should_stop():  # a signal during validation: last.pth is complete
-                raise preempt.Preempted(preempt.stop_message(k, epoch + 1, 0, self.steps, self.folder.last))
         return self._finish()
 
     def _sync_buffers(self) -> None:

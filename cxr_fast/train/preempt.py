@@ -77,6 +77,15 @@ def should_stop() -> bool:
     return dist.any_rank(local)
 
 
+def check_between(what: str) -> None:
+    """Between folds and before the test stage: a signal received there stops the run with every finished fold
+    saved (all ranks call this at the same point: `should_stop` is a collective under torchrun)."""
+    if should_stop():
+        sig = requested() or "a signal on another rank"
+        raise Preempted(f"stopped on {sig} before {what}: the finished folds are saved; run the same command with "
+                        f"--resume to continue (exit code {EXIT_RESUMABLE})")
+
+
 def stop_message(fold: int, epoch: int, batches: int, steps: int, path) -> str:
     """The one line printed when training stops on a signal."""
     where = f"after step {batches} of {steps} of epoch {epoch}" if batches else f"after epoch {epoch - 1}"

@@ -13,6 +13,7 @@ from cxr_fast import dist
 from cxr_fast.atomic import write_json_atomic
 from cxr_fast.errors import UserError
 from cxr_fast.evaluate.metrics import macro_auc
+from cxr_fast.train import preempt
 from cxr_fast.train.amp import Amp
 from cxr_fast.train.checkpoint import load_fold_checkpoints
 from cxr_fast.train.config import TrainConfig
@@ -73,10 +74,12 @@ class Run:
             if k in results:
                 dist.log(f"fold {k}: already complete, skipping (--resume)")
             else:
+                preempt.check_between(f"fold {k}")
                 results[k] = FoldTrainer(c, data, self.device, self.folder, k).run()
         folds = sorted(results)
         results = [results[k] for k in folds]
         summary = self.write_cv_outputs(results)
+        preempt.check_between("the test-set predictions")
         self.predict_test(folds)
         self.write_report()
         return summary

@@ -104,6 +104,41 @@ def test_signal_during_validation_stops_at_the_epoch_boundary(synth_data, tmp_pa
     assert (last["epoch"], last["mid_batches"]) == (1, 0)
 
 
+def test_signal_during_the_last_validation_is_not_ignored(synth_data, tmp_path, monkeypatch, capsys):
+    """A stop during the final epoch's validation still stops (exit 75, last.pth complete), and --resume finishes
+    the fold from there without training again."""
+    from cxr_fast.cli import train as train_cli
+    from cxr_fast.train import fold
+
+    validate, calls = fold.validate, [0]
+
+    def signalled(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # epoch 2 of 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(fold, "validate", signalled)
+    assert train_cli.main(_argv(synth_data, tmp_path)) == preempt.EXIT_RESUMABLE
+    assert "saved after epoch 2 in" in capsys.readouterr().err
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(fold, "validate", validate)
+    assert train_cli.main(_argv(synth_data, tmp_path, "--resume")) == 0
+    assert (tmp_path / "test_resnet_fold1.pth").is_file()
+
+
+def test_a_signal_between_folds_stops_with_the_finished_folds_saved():
+    preempt._state["signal"] = signal.SIGUSR1
+    try:
+        with pytest.raises(preempt.Preempted) as e:
+            preempt.check_between("fold 2")
+    finally:
+        preempt._state["signal"] = None
+    assert e.value.exit_code == preempt.EXIT_RESUMABLE
+    assert str(e.value).startswith("stopped on SIGUSR1 before fold 2: the finished folds are saved")
+    preempt.check_between("fold 2")  # no signal: nothing happens
+
+
 def test_sigterm_from_outside_exits_within_seconds_then_resume_finishes(long_epoch_data, tmp_path):
     """A real SIGTERM to a running cxr-train (240 images, 30 steps per epoch): exit code 75 within a few
     seconds, a mid-epoch last.pth, and --resume completes the run."""
