@@ -30,7 +30,12 @@ def study_column(paths: list[Path], image_col: str, study_col: str) -> tuple[Pat
             blank = np.flatnonzero((ids == "").to_numpy())
             if len(blank):
                 raise UserError(f"{path}: column {study_col!r} is empty at {rows_text(line_numbers(path, len(df))[blank])}")
-            return path, pd.Series(ids.to_numpy(), index=df[image_col].astype(str))
+            names = df[image_col].astype(str)
+            dup = np.flatnonzero(names.duplicated(keep=False).to_numpy())
+            if len(dup):
+                raise UserError(f"{path}: image {names.iloc[dup[0]]!r} is listed more than once (column {image_col!r}"
+                                f" at {rows_text(line_numbers(path, len(df))[dup])}): one study per image")
+            return path, pd.Series(ids.to_numpy(), index=names)
     raise UserError(f"--study_col {study_col!r}: no such column in {' or '.join(str(p) for p in paths)}")
 
 

@@ -73,3 +73,13 @@ def test_predict_study_csv(tmp_path):
     assert out == tmp_path / "sub_studies.csv"
     df = pd.read_csv(out)
     assert df["study"].tolist() == ["s1", "s2"] and df["Edema"].tolist() == [0.7, 0.1]
+
+
+def test_an_image_listed_twice_in_the_study_csv_is_one_line(tmp_path):
+    from cxr_fast.errors import UserError
+    from cxr_fast.evaluate.study import study_map
+
+    pd.DataFrame({"Image_name": ["a.png", "b.png", "a.png"], "study": ["s1", "s1", "s2"]}).to_csv(
+        tmp_path / "map.csv", index=False)
+    with pytest.raises(UserError, match=r"image 'a.png' is listed more than once .* lines 2, 4"):
+        study_map(tmp_path / "map.csv", "study", "Image_name")
