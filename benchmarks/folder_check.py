@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets"
-from benchmarks.common.jpeg_draft import cpu_model
+from benchmarks.common.report import cpu_model
 
 
 def make_folder(folder: Path, n: int, distinct: int, size: int = 1024) -> list[Path]:

@@ -12,28 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from benchmarks.common.report import cpu_model
 from cxr_fast.images.read import read_gray8
 from cxr_fast.shards.encode import EncodeOptions, encode, shrink
 
 ASSETS = Path(__file__).resolve().parents[2] / "tests" / "assets"
-
-
-def cpu_model() -> str:
-    """The CPU model /proc/cpuinfo names (platform.processor() where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_sources(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:

@@ -29,7 +29,8 @@ TARGETS = [
 ]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model /proc/cpuinfo names (platform.processor() where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -56,7 +57,7 @@ def machine() -> dict:
     cuda = torch.cuda.is_available()
     pillow = PIL.__version__
     return {
-        "cpu_model": _cpu_model(), "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model(), "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
         "load_avg_start": list(os.getloadavg()), "load_avg_end": None,
         "gpu": torch.cuda.get_device_name(0) if cuda else None, "cuda": torch.version.cuda if cuda else None,
         "platform": platform.platform(), "python": platform.python_version(),
