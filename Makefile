@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 DEMO   ?= demo
 ARGS   ?=
 
-.PHONY: demo demo-compare test test-all bench install lint clean gpu-check
+.PHONY: demo demo-compare test test-slow test-all bench install lint clean gpu-check
 
 # DALI comes as an extra per CUDA major, picked from the torch just installed (torch.version.cuda): dali-cu13 for
 # CUDA 13, dali-cu12 for CUDA 12 or a CPU-only torch. DALI_EXTRA=dali-cu12|dali-cu13 forces one, DALI_EXTRA=none
@@ -60,9 +60,14 @@ demo-compare: install
 	$(PY) -m cxr_fast.cli.compare --a $(DEMO)/outputs $(DEMO)/outputs_seed7 \
 	    --b $(DEMO)/outputs_norefiner $(DEMO)/outputs_norefiner_seed7 --out $(DEMO)/compare.json
 
-# two pytest workers (pytest-xdist): the suite's subprocess, torchrun and decode waits overlap on a 2-core machine
+# two pytest-xdist workers: the suite's subprocess and decode waits overlap on a 2-core machine. `test` is the default
+# suite; `test-slow` the slow tier (torchrun jobs, training runs killed or signalled from outside); .ci/run runs both.
+# `test-all`: both tiers and the CUDA tests in one session.
 test: install
 	$(PY) -m pytest -q -n 2
+
+test-slow: install
+	$(PY) -m pytest -q -n 2 -m "slow and not gpu"
 
 test-all: install
 	$(PY) -m pytest -q -n 2 -m ""

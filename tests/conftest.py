@@ -1,7 +1,12 @@
-"""Shared fixtures: a small synthetic dataset (cxr-synth) made once per session, and CUDA/DALI guards."""
+"""Shared fixtures: a small synthetic dataset (cxr-synth), its shards and one finished run, each made once per test
+session (once for all pytest-xdist workers together), the cores shared between workers, and CUDA/DALI guards."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,31 +17,60 @@ from tests.helpers import FAST, train_pil  # noqa: F401 - FAST for tests that st
 
 TINY = {"n_train": 48, "n_test": 10, "size": 96, "seed": 0}
 
+# pytest-xdist workers share the cores: torch's intra-op threads per worker (and OMP_NUM_THREADS for the processes
+# the tests start) are the cores divided by the workers, not every core in every worker
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _PER_WORKER = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    torch.set_num_threads(_PER_WORKER)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_PER_WORKER))
+
+
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """A session fixture's folder, made by `make(folder)` once for the whole session. Each pytest-xdist worker has a
+    session of its own, so the folder lives in the workers' common base temp folder: the first worker makes it under
+    a file lock, and the others wait for it and read it. Tests treat it as read-only (a test that changes it copies
+    it first)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        out = tmp_path_factory.mktemp(name)
+        make(out)
+        return out
+    out = tmp_path_factory.getbasetemp().parent / name
+    done = out.with_name(name + ".done")
+    with open(out.with_name(name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            make(out)
+            done.touch()
+    return out
+
 
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     """48 training + 10 test synthetic radiographs at 96 px (PNG) with the 14 CheXpert labels."""
-    out = tmp_path_factory.mktemp("synth") / "data"
-    generate(out, workers=1, progress=False, **TINY)
-    return out
+    return made_once(tmp_path_factory, "synth",
+                     lambda d: generate(d / "data", workers=1, progress=False, **TINY)) / "data"
 
 
 @pytest.fixture(scope="session")
 def long_epoch_data(tmp_path_factory) -> Path:
     """240 training images at 64 px: epochs long enough (~30 steps at batch 4) to kill a run inside one."""
-    out = tmp_path_factory.mktemp("synth_long") / "data"
-    generate(out, n_train=240, n_test=10, size=64, seed=1, workers=1, progress=False)
-    return out
+    return made_once(tmp_path_factory, "synth_long", lambda d: generate(d / "data", n_train=240, n_test=10, size=64,
+                                                                       seed=1, workers=1, progress=False)) / "data"
 
 
 @pytest.fixture(scope="session")
 def long_epoch_shards(long_epoch_data, tmp_path_factory) -> Path:
     from cxr_fast.shards.writer import write_shards
 
-    out = tmp_path_factory.mktemp("shards_long") / "synth"
-    write_shards(long_epoch_data / "train.csv", long_epoch_data / "train", out, test_dir=long_epoch_data / "test",
-                 folds=2, seed=42, samples_per_shard=40, workers=1, progress=False, log=None)
-    return out
+    def make(d: Path) -> None:
+        write_shards(long_epoch_data / "train.csv", long_epoch_data / "train", d / "synth",
+                     test_dir=long_epoch_data / "test", folds=2, seed=42, samples_per_shard=40, workers=1,
+                     progress=False, log=None)
+
+    return made_once(tmp_path_factory, "shards_long", make) / "synth"
 
 
 @pytest.fixture(scope="session")
@@ -44,18 +78,20 @@ def synth_shards(synth_data, tmp_path_factory) -> Path:
     """The synthetic dataset sharded into 2 folds (JPEG) with a test split."""
     from cxr_fast.shards.writer import write_shards
 
-    out = tmp_path_factory.mktemp("shards") / "synth"
-    write_shards(synth_data / "train.csv", synth_data / "train", out, test_dir=synth_data / "test", folds=2, seed=42,
-                 samples_per_shard=10, workers=1, progress=False, log=None)
-    return out
+    def make(d: Path) -> None:
+        write_shards(synth_data / "train.csv", synth_data / "train", d / "synth", test_dir=synth_data / "test",
+                     folds=2, seed=42, samples_per_shard=10, workers=1, progress=False, log=None)
+
+    return made_once(tmp_path_factory, "shards", make) / "synth"
 
 
 @pytest.fixture(scope="session")
 def pil_run(synth_data, tmp_path_factory) -> tuple[Path, Path]:
     """One finished 2-fold x 2-epoch PIL run: (data folder, out_dir)."""
-    out = tmp_path_factory.mktemp("pil_run")
-    assert train_pil(synth_data, out, "--epochs", "2", "--lr", "1e-3", "--ema_decay", "0.9") == 0
-    return synth_data, out
+    def make(out: Path) -> None:
+        assert train_pil(synth_data, out, "--epochs", "2", "--lr", "1e-3", "--ema_decay", "0.9") == 0
+
+    return synth_data, made_once(tmp_path_factory, "pil_run", make)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,6 +13,9 @@ import pytest
 
 from tests.helpers import free_port
 
+# every test here launches torchrun: the slow tier (make test-slow, run by .ci/run)
+pytestmark = pytest.mark.slow
+
 WORKER = str(Path(__file__).with_name("dist_worker.py"))
 
 
@@ -26,7 +29,6 @@ def _torchrun(*args, nnodes=1, node_rank=0, nproc=2, port=None, cwd=None, env=No
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=full_env, check=False)
 
 
-@pytest.mark.slow
 def test_wait_for_main_outlasts_the_group_timeout():
     short = {"CXR_FAST_DIST_TIMEOUT_S": "2"}
     r = _torchrun("wait_for_main", 6, env=short)

@@ -12,8 +12,10 @@ import pytest
 
 from tests.helpers import DDP_ARGS, DDP_ENTRY, check_ddp_outputs, free_port, torchrun_train
 
+# every test here launches torchrun: the slow tier (make test-slow, run by .ci/run)
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
+
 def test_ddp_pil_two_processes(synth_data, tmp_path):
     # 48 samples, 2 folds of 24, 2 ranks, batch 5: validation shards of 12 per rank -> a partial last batch.
     r = torchrun_train(synth_data, tmp_path, "pil")
@@ -21,7 +23,6 @@ def test_ddp_pil_two_processes(synth_data, tmp_path):
     check_ddp_outputs(synth_data, tmp_path, r.stdout)
 
 
-@pytest.mark.slow
 def test_failing_rank_ends_the_job(synth_data, tmp_path):
     t0 = time.time()
     r = torchrun_train(synth_data, tmp_path, "pil", extra_env={"CXR_FAST_FAIL_RANK": "1"}, timeout=180,
@@ -38,7 +39,6 @@ def _lr_per_epoch(out):
     return {(r["fold"], r["epoch"]): r["lr"] for r in recs}
 
 
-@pytest.mark.slow
 def test_resume_on_another_number_of_processes_keeps_the_lr_per_epoch(synth_data, tmp_path):
     """A 1-process run interrupted after epoch 1 of 3, resumed on 2 processes: epochs 2-3 train with the lr of an
     uninterrupted 2-process run (the schedule is re-derived for the new epoch length), and the log says so. Carrying
@@ -75,7 +75,6 @@ def test_resume_on_another_number_of_processes_keeps_the_lr_per_epoch(synth_data
     assert 0 < resumed[(1, 2)] < resumed[(1, 1)]  # the cosine moved on, and epoch 2 did not train at lr 0
 
 
-@pytest.mark.slow
 def test_sigterm_on_one_rank_stops_both_at_one_step_and_resume_is_bit_identical(synth_data, tmp_path):
     """2 processes, 3 steps per epoch: rank 1 alone gets SIGTERM in its 5th step (epoch 2); both ranks stop after
     that step (one all-reduce per step), rank 0 writes last.pth, the workers exit 75; torchrun --resume ends with

@@ -139,6 +139,7 @@ def test_a_signal_between_folds_stops_with_the_finished_folds_saved():
     preempt.check_between("fold 2")  # no signal: nothing happens
 
 
+@pytest.mark.slow
 def test_sigterm_from_outside_exits_within_seconds_then_resume_finishes(long_epoch_data, tmp_path):
     """A real SIGTERM to a running cxr-train (240 images, 30 steps per epoch): exit code 75 within a few
     seconds, a mid-epoch last.pth, and --resume completes the run."""
