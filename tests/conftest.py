@@ -3,17 +3,14 @@ session (once for all pytest-xdist workers together), the cores shared between w
 
 from __future__ import annotations
 
-import fcntl
 import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from cxr_fast.synth.write import generate
-from tests.helpers import FAST, train_pil  # noqa: F401 - FAST for tests that still import it here
+from tests.helpers import FAST, made_once, train_pil  # noqa: F401 - FAST for tests that still import it here
 
 TINY = {"n_train": 48, "n_test": 10, "size": 96, "seed": 0}
 
@@ -24,27 +21,6 @@ if _WORKERS > 1:
     _PER_WORKER = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
     torch.set_num_threads(_PER_WORKER)
     os.environ.setdefault("OMP_NUM_THREADS", str(_PER_WORKER))
-
-
-def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
-    """A session fixture's folder, made by `make(folder)` once for the whole session. Each pytest-xdist worker has a
-    session of its own, so the folder lives in the workers' common base temp folder: the first worker makes it under
-    a file lock, and the others wait for it and read it. Tests treat it as read-only (a test that changes it copies
-    it first)."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        out = tmp_path_factory.mktemp(name)
-        make(out)
-        return out
-    out = tmp_path_factory.getbasetemp().parent / name
-    done = out.with_name(name + ".done")
-    with open(out.with_name(name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
-            make(out)
-            done.touch()
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,11 @@ command line, and launchers for torchrun and kill -9 runs. Test files import fro
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,6 +54,29 @@ def assert_user_error(result_or_callable: subprocess.CompletedProcess | Callable
     for m in match:
         assert m in lines[0], f"{m!r} not in {lines[0]!r}"
     return lines[0]
+
+
+# ---------------------------------------------------------------- made once per test session
+
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """A session fixture's folder, made by `make(folder)` once for the whole session. Each pytest-xdist worker has a
+    session of its own, so the folder lives in the workers' common base temp folder: the first worker makes it under
+    a file lock, and the others wait for it and read it. Tests treat it as read-only (a test that changes it copies
+    it first)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        out = tmp_path_factory.mktemp(name)
+        make(out)
+        return out
+    out = tmp_path_factory.getbasetemp().parent / name
+    done = out.with_name(name + ".done")
+    with open(out.with_name(name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            make(out)
+            done.touch()
+    return out
 
 
 # ---------------------------------------------------------------- toy models and data
@@ -266,6 +291,21 @@ def run_outputs(out: Path) -> dict:
         "metrics": [(r["fold"], r["epoch"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())],
     }
 
+
+def assert_same_run(a: dict, b: dict) -> None:
+    """Two run_outputs() are the same run: files, (fold, epoch) log, weights, couplings, OOF and submission."""
+    import pytest
+
+    assert a["files"] == b["files"]
+    assert a["metrics"] == b["metrics"]
+    for k in (1, 2):
+        ca, cb = a["ckpt"][k], b["ckpt"][k]
+        assert ca["epoch"] == cb["epoch"] and ca["val_auc"] == pytest.approx(cb["val_auc"], abs=1e-6)
+        for key in ca["model"]:
+            torch.testing.assert_close(ca["model"][key], cb["model"][key], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ca["refiner"]["A"], cb["refiner"]["A"], atol=1e-6, rtol=1e-4)
+    np.testing.assert_allclose(a["oof"].iloc[:, 2:].to_numpy(), b["oof"].iloc[:, 2:].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(a["sub"].iloc[:, 1:].to_numpy(), b["sub"].iloc[:, 1:].to_numpy(), atol=1e-5)
 
 # ---------------------------------------------------------------- source folders for cxr-shard
 

@@ -109,6 +109,8 @@ class FoldTrainer:
                 st.step = st.epoch * self.steps
                 if st.mid_batches:
                     self._restore_mid_epoch(ck)
+                if (loader := resume.loader_state(ck, self.rank, self.world)) is not None:
+                    self.train_loader.resume_from(loader)  # DALI's pipeline state: mid-epoch or between epochs
                 resume.seek_schedule(self.scheduler, st.step)
                 self._reconcile_best()
                 dist.log(f"fold {k}: resuming after epoch {st.epoch}"
@@ -144,9 +146,6 @@ class FoldTrainer:
             if ck.get("buffers_per_rank"):
                 resume.load_rank_buffers(ck["buffers_per_rank"][self.rank], self.model,
                                          self.ema.module if self.ema is not None else None)
-            loader = (ck.get("loader_per_rank") or [None] * self.world)[self.rank]
-            if loader is not None and hasattr(self.train_loader, "resume_from"):
-                self.train_loader.resume_from(loader)
 
     def _reconcile_best(self) -> None:
         """A kill between writing the best checkpoint and last.pth leaves a checkpoint newer than last.pth's record
@@ -258,20 +257,21 @@ class FoldTrainer:
 
     def _save_last(self, model, mid: bool = False) -> None:
         """last.pth (rank 0 writes; the others wait on the long-timeout group). Every rank's RNG streams, so a
-        resume continues each; inside an epoch (`mid`) also each rank's buffers and loader position."""
+        resume continues each, and each rank's loader state (DALI's pipeline: the next epoch's order and augmentation
+        are not functions of the epoch number); inside an epoch (`mid`) also each rank's buffers."""
         ema = self.ema.module if self.ema is not None else None
-        mine = {"rng": resume.rng_state()}
+        mine = {"rng": resume.rng_state(), "loader": getattr(self.train_loader, "resume_state", lambda: None)()}
         if mid:
             mine["buffers"] = resume.rank_buffers(unwrap(model), ema)
-            mine["loader"] = self.train_loader.resume_state() if hasattr(self.train_loader, "resume_state") else None
         ranks = dist.gather_objects(mine)
         if dist.is_main():
             ck = {"fold": self.k, **self.st.as_dict(), "model": unwrap(model).state_dict(),
                   "ema": ema.state_dict() if ema is not None else None, "optimizer": self.optimizer.state_dict(),
                   "scheduler": self.scheduler.state_dict(), "scaler": self.amp.state_dict(), "rng": ranks[0]["rng"],
-                  "rng_per_rank": [r["rng"] for r in ranks], "world": self.world}
+                  "rng_per_rank": [r["rng"] for r in ranks], "world": self.world,
+                  "loader_per_rank": [r["loader"] for r in ranks]}
             if mid:
-                ck.update(buffers_per_rank=[r["buffers"] for r in ranks], loader_per_rank=[r["loader"] for r in ranks])
+                ck["buffers_per_rank"] = [r["buffers"] for r in ranks]
             save_atomic(ck, self.folder.last, what=f"fold {self.k}'s resumable state")
         dist.wait_for_main()
 

@@ -101,3 +101,12 @@ def mid_epoch_start(batches: int, old_world: int, world: int, steps: int) -> int
     if old_world == world:
         return batches
     return min(steps, batches * old_world // world)
+
+
+def loader_state(ck: dict, rank: int, world: int) -> dict | None:
+    """This rank's saved loader state in last.pth (DALI's pipeline checkpoint, written mid-epoch and between epochs;
+    PIL has none: its order and augmentation are functions of the seed and epoch). None on another number of
+    processes: the per-rank states do not map onto the ranks."""
+    if int(ck.get("world", 1)) != world:
+        return None
+    return (ck.get("loader_per_rank") or [None] * world)[rank]

@@ -168,11 +168,14 @@ def test_sigterm_from_outside_exits_within_seconds_then_resume_finishes(long_epo
     assert (tmp_path / "cv_summary.json").exists()
 
 
-def test_dali_mid_epoch_resume_on_cpu_operators_is_bit_identical(synth_shards, tmp_path, monkeypatch, capsys):
-    """DALI's own pipeline checkpoint (reader position, shuffle_after_epoch state, operator RNGs) in last.pth: the
-    resumed run sees the same samples with the same augmentation, so the weights match bit for bit on the CPU."""
+@pytest.mark.parametrize("where", ["mid_epoch", "between_epochs"])
+def test_dali_resume_on_cpu_operators_is_bit_identical(synth_shards, tmp_path, monkeypatch, capsys, where):
+    """DALI's own pipeline checkpoint (reader position, shuffle_after_epoch state, operator RNGs) in last.pth, inside
+    an epoch and between epochs (DALI's next-epoch order is not a function of the epoch number): the resumed run sees
+    the same samples with the same augmentation, so the weights match bit for bit on the CPU."""
     pytest.importorskip("nvidia.dali")
     from cxr_fast.cli import train as train_cli
+    from cxr_fast.train import fold
 
     def argv(out, *extra):
         return ["--shards", str(synth_shards), "--pipeline", "dali", "--folds_to_run", "1", "--epochs", "2",
@@ -182,12 +185,24 @@ def test_dali_mid_epoch_resume_on_cpu_operators_is_bit_identical(synth_shards, t
     ref, out = tmp_path / "ref", tmp_path / "stopped"
     assert train_cli.main(argv(ref)) == 0
     with monkeypatch.context() as m:
-        signal_at_step(m, 5)
+        if where == "mid_epoch":
+            signal_at_step(m, 5)
+        else:  # during epoch 1's validation: last.pth at the epoch boundary
+            validate, calls = fold.validate, [0]
+
+            def signalled(*args, **kwargs):
+                calls[0] += 1
+                if calls[0] == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return validate(*args, **kwargs)
+
+            m.setattr(fold, "validate", signalled)
         assert train_cli.main(argv(out)) == preempt.EXIT_RESUMABLE
     last = torch.load(out / "last.pth", weights_only=True)
-    assert last["mid_batches"] == 2 and isinstance(last["loader_per_rank"][0]["dali"], bytes)
+    assert last["mid_batches"] == (2 if where == "mid_epoch" else 0) and last["epoch"] == 1
+    assert isinstance(last["loader_per_rank"][0]["dali"], bytes)
     assert train_cli.main(argv(out, "--resume")) == 0
-    assert "step 2 of epoch 2" in capsys.readouterr().out
+    assert ("step 2 of epoch 2" in capsys.readouterr().out) == (where == "mid_epoch")
     a, b = (torch.load(d / "last.pth", weights_only=True) for d in (out, ref))
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in b[part]), part

@@ -6,32 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import assert_user_error, kill_when, resume_cmd, run_outputs, train_pil
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a["files"] == b["files"]
-    assert a["metrics"] == b["metrics"]
-    for k in (1, 2):
-        ca, cb = a["ckpt"][k], b["ckpt"][k]
-        assert ca["epoch"] == cb["epoch"] and ca["val_auc"] == pytest.approx(cb["val_auc"], abs=1e-6)
-        for key in ca["model"]:
-            torch.testing.assert_close(ca["model"][key], cb["model"][key], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(ca["refiner"]["A"], cb["refiner"]["A"], atol=1e-6, rtol=1e-4)
-    np.testing.assert_allclose(a["oof"].iloc[:, 2:].to_numpy(), b["oof"].iloc[:, 2:].to_numpy(), atol=1e-5)
-    np.testing.assert_allclose(a["sub"].iloc[:, 1:].to_numpy(), b["sub"].iloc[:, 1:].to_numpy(), atol=1e-5)
+from tests.helpers import assert_same_run, assert_user_error, kill_when, made_once, resume_cmd, run_outputs, train_pil
 
 
 @pytest.fixture(scope="module")
 def reference(long_epoch_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted")
-    subprocess.run(resume_cmd(long_epoch_data, out, "pil"), check=True, capture_output=True, timeout=600)
-    return run_outputs(out)
+    def make(out):
+        subprocess.run(resume_cmd(long_epoch_data, out, "pil"), check=True, capture_output=True, timeout=600)
+
+    return run_outputs(made_once(tmp_path_factory, "uninterrupted_pil", make))
 
 
 @pytest.mark.slow
@@ -50,7 +37,7 @@ def test_kill9_then_resume_matches_uninterrupted(long_epoch_data, tmp_path, refe
     else:
         assert "fold 1: resuming after epoch 1" in r.stdout
     got = run_outputs(tmp_path)
-    _assert_same(got, reference)
+    assert_same_run(got, reference)
 
 
 def test_resume_refuses_changed_settings(synth_data, tmp_path):
