@@ -142,10 +142,9 @@ class FoldTrainer:
         st, old_world = self.st, int(ck.get("world", 1))
         st.mid_batches = resume.mid_epoch_start(st.mid_batches, old_world, self.world, self.steps)
         st.step += st.mid_batches
-        if old_world == self.world:
-            if ck.get("buffers_per_rank"):
-                resume.load_rank_buffers(ck["buffers_per_rank"][self.rank], self.model,
-                                         self.ema.module if self.ema is not None else None)
+        if old_world == self.world and ck.get("buffers_per_rank"):
+            resume.load_rank_buffers(ck["buffers_per_rank"][self.rank], self.model,
+                                     self.ema.module if self.ema is not None else None)
 
     def _reconcile_best(self) -> None:
         """A kill between writing the best checkpoint and last.pth leaves a checkpoint newer than last.pth's record
@@ -239,7 +238,7 @@ class FoldTrainer:
                "data_wait_s": stats["data_wait_s"], "train_s": stats["seconds"], "val_s": val_s,
                "skipped_steps": stats["skipped_steps"], "refiner_sparsity": stats.get("refiner_sparsity"),
                "best_epoch": st.best_epoch}
-        self.log.log_epoch(rec, coupling=getattr(unwrap(eval_model).refiner, "A", None))  # metrics.jsonl, TensorBoard
+        self.log.log_epoch(rec, getattr(unwrap(eval_model).refiner, "A", None), st.step)  # metrics.jsonl, TensorBoard
         sp = stats.get("refiner_sparsity")
         dist.log(f"fold {self.k} epoch {epoch}: loss {stats['loss']:.4f}  val macro-AUC {auc:.4f}  "
                  f"{stats['img_per_s']:.0f} img/s  data wait {stats['data_wait_s']:.1f}s"

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 TB_MISSING = "tensorboard not installed: no TensorBoard logs (pip install 'cxr_fast[tensorboard]')"
 
-# metrics.jsonl key -> TensorBoard tag, for the per-epoch scalars (step = the 1-based epoch). Also, per epoch:
+# metrics.jsonl key -> TensorBoard tag, for the per-epoch scalars (step = the fold's optimiser step count at the epoch's
+# end: one x-axis with the per-step tags, so a resume's purge covers both). Also, per epoch:
 # `val_auc/<label>` (val_auc_per_label), `speed/data_wait_share` (data_wait_s / train_s) and the image `refiner/A`.
 EPOCH_TAGS = {"loss": "epoch/loss", "lr": "epoch/lr", "skipped_steps": "epoch/skipped_steps",
               "val_auc": "val/macro_auc", "img_per_s": "speed/img_per_s", "data_wait_s": "speed/data_wait_s",
@@ -39,7 +40,7 @@ class Sink(Protocol):
     takes_steps: bool
 
     def config(self, cfg: dict) -> None: ...
-    def epoch(self, rec: dict, coupling) -> None: ...
+    def epoch(self, rec: dict, coupling, step: int) -> None: ...
     def step(self, step: int, scalars: dict) -> None: ...
     def close(self) -> None: ...
 
@@ -55,7 +56,7 @@ class MetricsSink:
     def config(self, cfg: dict) -> None:
         pass  # config.json holds it
 
-    def epoch(self, rec: dict, coupling) -> None:
+    def epoch(self, rec: dict, coupling, step: int) -> None:
         self.append(rec)
 
     def step(self, step: int, scalars: dict) -> None:
@@ -88,17 +89,17 @@ class TensorBoardSink:
         for summary in hparams(hp, {EPOCH_TAGS["val_auc"]: 0.0}):  # the metric's values: the scalars of that tag
             self.writer.file_writer.add_summary(summary)
 
-    def epoch(self, rec: dict, coupling) -> None:
-        w, e = self.writer, int(rec["epoch"])
+    def epoch(self, rec: dict, coupling, step: int) -> None:
+        w = self.writer
         for key, tag in EPOCH_TAGS.items():
-            _scalar(w, tag, rec.get(key), e)
+            _scalar(w, tag, rec.get(key), step)
         for name, auc in (rec.get("val_auc_per_label") or {}).items():
-            _scalar(w, f"val_auc/{name}", auc, e)
+            _scalar(w, f"val_auc/{name}", auc, step)
         if rec.get("data_wait_s") is not None and rec.get("train_s"):
-            _scalar(w, "speed/data_wait_share", rec["data_wait_s"] / rec["train_s"], e)
+            _scalar(w, "speed/data_wait_share", rec["data_wait_s"] / rec["train_s"], step)
         if coupling is not None:
-            w.add_image("refiner/A", coupling_image(coupling, self.labels, f"fold {rec['fold']} epoch {e}"), e,
-                        dataformats="HWC")
+            title = f"fold {rec['fold']} epoch {rec['epoch']}"
+            w.add_image("refiner/A", coupling_image(coupling, self.labels, title), step, dataformats="HWC")
         w.flush()
 
     def step(self, step: int, scalars: dict) -> None:
@@ -132,10 +133,11 @@ class RunLogger:
         for s in self.sinks:
             s.config(cfg)
 
-    def log_epoch(self, rec: dict, coupling=None) -> None:
-        """`rec`: the metrics.jsonl record; `coupling`: the refiner's A (tensor or array) when there is one."""
+    def log_epoch(self, rec: dict, coupling=None, step: int = 0) -> None:
+        """`rec`: the metrics.jsonl record; `coupling`: the refiner's A (tensor or array) when there is one; `step`:
+        the fold's optimiser steps at the epoch's end (TensorBoard's x-axis)."""
         for s in self.sinks:
-            s.epoch(rec, coupling)
+            s.epoch(rec, coupling, step)
 
     def close(self) -> None:
         for s in self.sinks:

@@ -22,6 +22,7 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 LOG_EVERY = 2
+STEPS_PER_EPOCH = 3  # tb_run: 24 training samples of fold 1, batch 8
 
 
 def _events(path: Path) -> EventAccumulator:
@@ -59,7 +60,7 @@ def test_epoch_scalars_match_metrics_jsonl(tb_run):
             assert tag not in tags, tag
             continue
         steps, values = _series(ea, tag)
-        assert steps == epochs, (tag, steps)
+        assert steps == [STEPS_PER_EPOCH * e for e in epochs], (tag, steps)  # the optimiser step at the epoch's end
         np.testing.assert_allclose(values, [v for v in want if v is not None], rtol=1e-6, atol=1e-7, err_msg=tag)
     assert tags >= {"val/macro_auc", "refiner/sparsity", "speed/img_per_s", "epoch/loss", "val_auc/Edema"}
 
@@ -67,6 +68,7 @@ def test_epoch_scalars_match_metrics_jsonl(tb_run):
 def test_step_scalars_every_log_every_steps(tb_run):
     recs = [json.loads(line) for line in (tb_run / "metrics.jsonl").read_text().splitlines()]
     total = torch.load(tb_run / "last.pth", weights_only=True)["step"]  # the fold's optimiser steps
+    assert total == 2 * STEPS_PER_EPOCH
     assert total % LOG_EVERY == 0  # so the last step is logged (3 steps/epoch x 2 epochs)
     ea = _events(tb_run / "tb" / "fold1")
     for tag in STEP_TAGS.values():
@@ -82,7 +84,7 @@ def test_step_scalars_every_log_every_steps(tb_run):
 def test_couplings_image_and_config(tb_run):
     ea = _events(tb_run / "tb" / "fold1")
     images = ea.Images("refiner/A")
-    assert [im.step for im in images] == [1, 2]
+    assert [im.step for im in images] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     assert all(im.width > 100 and im.height > 100 for im in images)
     assert images[0].encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
     text = ea.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
@@ -148,3 +150,20 @@ def test_resume_purges_what_runs_again(tmp_path):
     again.close()
     steps, values = _series(_events(tmp_path), "train/loss")
     assert steps == [1, 2, 3, 4, 5] and values.tolist() == [1, 2, 3, 40, 50]
+
+
+def test_resume_purges_an_epoch_logged_before_its_last_pth(tmp_path):
+    """Killed between epoch 2's log and its last.pth (3 steps per epoch): the resume starts after step 3, and epoch
+    2's records, at step 6, are hidden with the per-step ones; the re-run epoch 2 is drawn once."""
+    rec = {"fold": 1, "loss": 0.5, "val_auc": 0.6, "val_auc_per_label": {"a": 0.6}}
+    first = TensorBoardSink(tmp_path, ["a"])
+    for epoch in (1, 2):
+        first.epoch({**rec, "epoch": epoch, "val_auc": 0.1 * epoch}, None, 3 * epoch)
+    first.close()
+    again = TensorBoardSink(tmp_path, ["a"], purge_step=4)
+    again.epoch({**rec, "epoch": 2, "val_auc": 0.9}, None, 6)
+    again.close()
+    for tag in ("val/macro_auc", "val_auc/a", "epoch/loss"):
+        steps, _ = _series(_events(tmp_path), tag)
+        assert steps == [3, 6], tag
+    assert _series(_events(tmp_path), "val/macro_auc")[1].tolist() == pytest.approx([0.1, 0.9])
