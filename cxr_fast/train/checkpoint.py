@@ -63,6 +63,10 @@ def load_checkpoint(path: str | Path, map_location="cpu", hint: str = DAMAGED_FO
             raise UserError(_damaged(path, e, hint)) from None
         raise UserError(f"{path}: refused: the checkpoint needs pickle code execution to load "
                         f"({first_line(e, 160)}); only weights_only checkpoints are accepted") from None
+    except torch.cuda.OutOfMemoryError:
+        raise  # the device's problem (map_location), not the file's
+    except PermissionError as e:
+        raise UserError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError,
             struct.error, zipfile.BadZipFile) as e:
         raise UserError(_damaged(path, e, hint)) from None
