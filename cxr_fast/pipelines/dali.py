@@ -32,9 +32,10 @@ from pathlib import Path
 
 import torch
 
+from cxr_fast import dist
 from cxr_fast.data.augment import AugmentSpec
 from cxr_fast.data.samples import Batch, Loader, SampleSet
-from cxr_fast.errors import UserError
+from cxr_fast.errors import UserError, first_line
 from cxr_fast.pipelines.dali_errors import loader_error
 from cxr_fast.pipelines.dali_graph import (  # noqa: F401  (build_pipeline, require_dali: this module's API too)
     DECODES,
@@ -103,7 +104,12 @@ class DALILoader(Loader):
         iterator's counters) and the batches yielded so far; None for a pipeline without checkpointing (eval)."""
         if not getattr(self.pipe, "_enable_checkpointing", False):
             return None
-        return {"dali": self._it.checkpoints()[0], "batches": self._done, "epoch": self.epoch}
+        try:
+            return {"dali": self._it.checkpoints()[0], "batches": self._done, "epoch": self.epoch}
+        except RuntimeError as e:  # an operator without checkpoint support: resume still works, not bit-identical
+            warn_once("checkpoint", f"DALI could not checkpoint its pipeline ({first_line(e, 160)}): a resume "
+                      "restarts its order and augmentation instead of continuing them", 0 if dist.is_main() else 1)
+            return None
 
     def resume_from(self, state: dict) -> None:
         """Rebuild the pipeline from `resume_state`'s checkpoint: the next pass continues the interrupted one."""

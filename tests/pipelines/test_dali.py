@@ -145,6 +145,43 @@ def test_deterministic_for_a_seed(synth):
     assert not torch.equal(a[0], c[0])
 
 
+def test_checkpoint_between_epochs_continues_the_next_epoch(synth):
+    """resume_state() after a full epoch (what last.pth keeps at every epoch's end), restored into a fresh loader:
+    the next epoch has the uninterrupted loader's order and augmentation, not a restarted pipeline's first epoch."""
+    spec = AugmentSpec.for_training(24)
+
+    def images(loader):
+        return torch.cat([torch.cat([b[0].flatten(1).float(), b[2][:, None].float()], 1) for b in epoch(loader)])
+
+    first = build_dali_loader(synth, spec, 8, CPU, num_workers=2, seed=7)
+    images(first)
+    state = first.resume_state()
+    assert isinstance(state["dali"], bytes) and state["batches"] == len(first)
+    second_epoch = images(first)
+    fresh = build_dali_loader(synth, spec, 8, CPU, num_workers=2, seed=7)
+    fresh_first = images(fresh)
+    resumed = build_dali_loader(synth, spec, 8, CPU, num_workers=2, seed=7)
+    resumed.resume_from(state)
+    assert torch.equal(images(resumed), second_epoch)
+    assert not torch.equal(fresh_first, second_epoch)  # why the state is kept: epoch 2 is not a fresh epoch 1
+
+
+def test_a_pipeline_that_cannot_checkpoint_warns_once_and_saves_no_state(synth, capsys, monkeypatch):
+    from cxr_fast.pipelines import dali
+
+    monkeypatch.setattr(dali, "_warned", set())  # warnings are once per process
+    loader = build_dali_loader(synth, AugmentSpec.for_training(24), 8, CPU, num_workers=1, seed=7)
+
+    class NoCheckpoints:
+        def checkpoints(self):
+            raise RuntimeError("Checkpointing is not implemented for this operator\nC++ trace")
+
+    loader._it = NoCheckpoints()
+    assert loader.resume_state() is None and loader.resume_state() is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "DALI could not checkpoint its pipeline (" in err[0] and "C++" not in err[0], err
+
+
 def test_break_early_then_full_epoch(synth):
     loader = build_dali_loader(synth, AugmentSpec.for_eval(16), 4, CPU, num_workers=1)
     for i, _ in enumerate(loader):

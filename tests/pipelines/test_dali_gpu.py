@@ -91,3 +91,35 @@ def test_gpu_decode_forms_agree(gpu_runs):
     mad = (a.float() - b.float()).abs().mean(dim=(1, 2, 3))
     assert float(mad.max()) < 1.5, mad  # same window, same warp: only decoder rounding differs
     assert np.isfinite(mad.numpy()).all()
+
+
+CHECKPOINT_CHILD = """
+import sys, torch
+from cxr_fast.data.augment import AugmentSpec
+from cxr_fast.pipelines.dali import build_dali_loader
+from cxr_fast.shards.read import load_manifest, sample_set
+root = sys.argv[1]
+samples = sample_set(root, load_manifest(root), ["fold1", "fold2"])
+dev, spec = torch.device("cuda", 0), AugmentSpec.for_training(380)
+def order(loader):
+    return torch.cat([b[2].cpu() for b in loader])
+first = build_dali_loader(samples, spec, 2, dev, num_workers=2, seed=3, decode="full")
+order(first)
+state = first.resume_state()
+assert state is not None and isinstance(state["dali"], bytes), "no DALI checkpoint with mixed decode"
+second = order(first)
+resumed = build_dali_loader(samples, spec, 2, dev, num_workers=2, seed=3, decode="full")
+resumed.resume_from(state)
+assert torch.equal(order(resumed), second), "the restored pipeline's next epoch has another order"
+print("checkpoint ok")
+"""
+
+
+def test_gpu_pipeline_checkpoint_between_epochs(real):
+    """What last.pth keeps at every epoch's end with mixed decode: DALI's checkpoint is taken, and restored it gives
+    the next epoch's order (the pixels of GPU decoding are not compared: nvJPEG is not bit-exact across runs)."""
+    samples, _ = real
+    r = subprocess.run([sys.executable, "-c", CHECKPOINT_CHILD, str(samples.shards[0][0].parent)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, check=False)
+    _check_ran(r)
+    assert "checkpoint ok" in r.stdout
