@@ -18,7 +18,8 @@ TINY = {"n_train": 48, "n_test": 10, "size": 96, "seed": 0}
 # the tests start) are the cores divided by the workers, not every core in every worker
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    _PER_WORKER = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
+    _PER_WORKER = max(1, _CORES // _WORKERS)
     torch.set_num_threads(_PER_WORKER)
     os.environ.setdefault("OMP_NUM_THREADS", str(_PER_WORKER))
 
