@@ -112,8 +112,16 @@ class DALILoader(Loader):
             return None
 
     def resume_from(self, state: dict) -> None:
-        """Rebuild the pipeline from `resume_state`'s checkpoint: the next pass continues the interrupted one."""
-        self.pipe = self._rebuild(state["dali"])
+        """Rebuild the pipeline from `resume_state`'s checkpoint: the next pass continues the interrupted one. A
+        checkpoint this graph cannot take (a resume on another device, or with other decoder settings) is said once
+        and the pipeline stays fresh: a mid-epoch resume then drops the done batches (`skip_batches`)."""
+        try:
+            self.pipe = self._rebuild(state["dali"])
+        except RuntimeError as e:
+            warn_once("restore", f"DALI could not restore its pipeline from last.pth ({first_line(e, 160)}): the "
+                      "resumed run's order and augmentation differ from the interrupted one's",
+                      0 if dist.is_main() else 1)
+            return
         self._start_iterator()
         self._mid_epoch, self._restored = False, True
 

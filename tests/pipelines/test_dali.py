@@ -182,6 +182,21 @@ def test_a_pipeline_that_cannot_checkpoint_warns_once_and_saves_no_state(synth, 
     assert len(err) == 1 and "DALI could not checkpoint its pipeline (" in err[0] and "C++" not in err[0], err
 
 
+def test_a_checkpoint_of_another_graph_warns_once_and_drops_the_done_batches(synth, capsys, monkeypatch):
+    """A last.pth from another device or decoder setting: DALI refuses the checkpoint; the loader says so once and
+    stays fresh, and a mid-epoch resume then drops the batches already trained."""
+    from cxr_fast.pipelines import dali
+
+    monkeypatch.setattr(dali, "_warned", set())
+    jitter = build_dali_loader(synth, AugmentSpec.for_training(24, color_jitter=True), 4, CPU, num_workers=1, seed=7)
+    plain = build_dali_loader(synth, AugmentSpec.for_training(24), 4, CPU, num_workers=1, seed=7)
+    plain.resume_from(jitter.resume_state())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "DALI could not restore its pipeline from last.pth (" in err[0], err
+    plain.skip_batches(2)
+    assert len(list(plain)) == len(plain) - 2
+
+
 def test_break_early_then_full_epoch(synth):
     loader = build_dali_loader(synth, AugmentSpec.for_eval(16), 4, CPU, num_workers=1)
     for i, _ in enumerate(loader):
