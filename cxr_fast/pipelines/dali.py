@@ -113,16 +113,19 @@ class DALILoader(Loader):
 
     def resume_from(self, state: dict) -> None:
         """Rebuild the pipeline from `resume_state`'s checkpoint: the next pass continues the interrupted one. A
-        checkpoint this graph cannot take (a resume on another device, or with other decoder settings) is said once
-        and the pipeline stays fresh: a mid-epoch resume then drops the done batches (`skip_batches`)."""
+        checkpoint this pipeline refuses (DALI checks that it names this graph's operators; another graph is e.g.
+        another `--device`'s) is said once and the loader keeps its fresh pipeline: a mid-epoch resume then drops
+        the batches already done (`skip_batches`)."""
+        pipe, it = self.pipe, self._it
         try:
             self.pipe = self._rebuild(state["dali"])
-        except RuntimeError as e:
+            self._start_iterator()
+        except RuntimeError as e:  # DALIPipelineError too; unreadable shards (UserError) still stop the run
+            self.pipe, self._it, self._mid_epoch = pipe, it, False
             warn_once("restore", f"DALI could not restore its pipeline from last.pth ({first_line(e, 160)}): the "
                       "resumed run's order and augmentation differ from the interrupted one's",
                       0 if dist.is_main() else 1)
             return
-        self._start_iterator()
         self._mid_epoch, self._restored = False, True
 
     def skip_batches(self, n: int) -> None:

@@ -46,6 +46,7 @@ class FoldState:
     best_sparsity: float | None = None
     mid_batches: int = 0              # batches done of epoch `epoch + 1` when a signal stopped it (0 = none)
     mid_tally: torch.Tensor | None = None    # ... and its step counts (loss sum, skips) so far
+    tb_offset: int = 0                # TensorBoard's step minus `step` (after resumes on another number of processes)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -106,11 +107,11 @@ class FoldTrainer:
                     self.ema.module.load_state_dict(ck["ema"])
                 self._restore_rng(ck)
                 st.update_from(ck)
-                st.step = st.epoch * self.steps
+                saved_step, st.step = st.step, st.epoch * self.steps
                 if st.mid_batches:
                     self._restore_mid_epoch(ck)
-                if (loader := resume.loader_state(ck, self.rank, self.world)) is not None:
-                    self.train_loader.resume_from(loader)  # DALI's pipeline state: mid-epoch or between epochs
+                st.tb_offset += saved_step - st.step  # TensorBoard keeps the interrupted run's step axis
+                resume.restore_loader(ck, self.train_loader, self.rank, self.world)  # DALI: its pipeline's state
                 resume.seek_schedule(self.scheduler, st.step)
                 self._reconcile_best()
                 dist.log(f"fold {k}: resuming after epoch {st.epoch}"
@@ -163,7 +164,7 @@ class FoldTrainer:
     def run(self) -> dict:
         """Train the remaining epochs; returns the fold's summary (also written to state/fold{k}.json)."""
         self.restore()
-        with open_logger(self.cfg, self.folder, self.k, self.names, resume_step=self.st.step) as self.log:
+        with open_logger(self.cfg, self.folder, self.k, self.names, self.st.step, self.st.tb_offset) as self.log:
             return self._epochs()
 
     def _epochs(self) -> dict:

@@ -114,8 +114,8 @@ class RunLogger:
     """One fold's log: `log_config` once, `on_step` handed to the training loop, `log_epoch` per epoch; a context
     manager that closes the sinks (also on an exception, so a preempted fold's last steps are on disk)."""
 
-    def __init__(self, sinks: list[Sink], log_every: int = 50):
-        self.sinks, self.log_every = list(sinks), max(1, int(log_every))
+    def __init__(self, sinks: list[Sink], log_every: int = 50, step_offset: int = 0):
+        self.sinks, self.log_every, self.step_offset = list(sinks), max(1, int(log_every)), int(step_offset)
 
     @property
     def on_step(self) -> StepHook | None:
@@ -127,7 +127,7 @@ class RunLogger:
             values = scalars()  # the only place the per-step values are read (a device sync every log_every steps)
             for s in self.sinks:
                 if s.takes_steps:
-                    s.step(step, values)
+                    s.step(step + self.step_offset, values)
 
     def log_config(self, cfg: dict) -> None:
         for s in self.sinks:
@@ -137,7 +137,7 @@ class RunLogger:
         """`rec`: the metrics.jsonl record; `coupling`: the refiner's A (tensor or array) when there is one; `step`:
         the fold's optimiser steps at the epoch's end (TensorBoard's x-axis)."""
         for s in self.sinks:
-            s.epoch(rec, coupling, step)
+            s.epoch(rec, coupling, step + self.step_offset)
 
     def close(self) -> None:
         for s in self.sinks:
@@ -172,16 +172,20 @@ def tensorboard_wanted(setting: bool | None) -> bool:
     return True
 
 
-def open_logger(cfg: TrainConfig, folder: RunFolder, k: int, labels: list[str], resume_step: int = 0) -> RunLogger:
+def open_logger(cfg: TrainConfig, folder: RunFolder, k: int, labels: list[str], resume_step: int = 0,
+                step_offset: int = 0) -> RunLogger:
     """Fold k's logger: metrics.jsonl through `folder` and, when wanted, TensorBoard in `folder.tb_fold(k)`, with the
     config logged. `resume_step`: optimiser steps already done (a resumed fold: what is logged after it is purged).
-    Other ranks get a logger without sinks."""
+    `step_offset`: added to every TensorBoard step, so that a resume on another number of processes (another
+    epoch length) continues the interrupted run's step axis instead of restarting it lower. Other ranks get a logger
+    without sinks."""
     if not dist.is_main():
         return RunLogger([])
     sinks: list[Sink] = [MetricsSink(folder.append_metrics)]
     if tensorboard_wanted(cfg.tensorboard):
-        sinks.append(TensorBoardSink(folder.tb_fold(k), labels, purge_step=resume_step + 1 if cfg.resume else None))
-    log = RunLogger(sinks, log_every=cfg.log_every)
+        purge = resume_step + step_offset + 1 if cfg.resume else None
+        sinks.append(TensorBoardSink(folder.tb_fold(k), labels, purge_step=purge))
+    log = RunLogger(sinks, log_every=cfg.log_every, step_offset=step_offset)
     log.log_config(cfg.to_dict())
     return log
 

@@ -103,10 +103,12 @@ def mid_epoch_start(batches: int, old_world: int, world: int, steps: int) -> int
     return min(steps, batches * old_world // world)
 
 
-def loader_state(ck: dict, rank: int, world: int) -> dict | None:
-    """This rank's saved loader state in last.pth (DALI's pipeline checkpoint, written mid-epoch and between epochs;
-    PIL has none: its order and augmentation are functions of the seed and epoch). None on another number of
-    processes: the per-rank states do not map onto the ranks."""
-    if int(ck.get("world", 1)) != world:
-        return None
-    return (ck.get("loader_per_rank") or [None] * world)[rank]
+def restore_loader(ck: dict, loader, rank: int, world: int) -> None:
+    """Give the loader this rank's saved state from last.pth, where there is one (DALI's pipeline checkpoint, saved
+    mid-epoch and between epochs; PIL has none: its order and augmentation are functions of the seed and epoch).
+    Nothing on another number of processes: the per-rank states do not map onto the ranks."""
+    if int(ck.get("world", 1)) != world or not hasattr(loader, "resume_from"):
+        return
+    state = (ck.get("loader_per_rank") or [None] * world)[rank]
+    if state is not None:
+        loader.resume_from(state)

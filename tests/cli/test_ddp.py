@@ -53,7 +53,8 @@ def test_resume_on_another_number_of_processes_keeps_the_lr_per_epoch(synth_data
             "pil", "--out_dir", str(one), *DDP_ARGS, *common]
     assert train_cli.main(argv) == 0
     last = torch.load(one / "last.pth", weights_only=True)
-    torch.save({**last, "epoch": 1}, one / "last.pth")  # as if killed after epoch 1
+    s1 = last["step"] // 3  # steps per epoch on 1 process
+    torch.save({**last, "epoch": 1, "step": s1}, one / "last.pth")  # as if killed after epoch 1
     (one / "state" / "fold1.json").unlink()
     src = ["--train_csv", str(synth_data / "train.csv"), "--train_dir", str(synth_data / "train")]
     two_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
@@ -73,6 +74,13 @@ def test_resume_on_another_number_of_processes_keeps_the_lr_per_epoch(synth_data
     for epoch in (2, 3):
         assert resumed[(1, epoch)] == pytest.approx(uninterrupted[(1, epoch)], rel=1e-9, abs=1e-12)
     assert 0 < resumed[(1, 2)] < resumed[(1, 1)]  # the cosine moved on, and epoch 2 did not train at lr 0
+    # TensorBoard continues the 1-process axis: epoch 1 at s1, then this run's steps after it; the old epochs 2-3
+    # (steps 2 s1, 3 s1) are hidden
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator(
+        str(one / "tb" / "fold1"))
+    ea.Reload()
+    s2 = torch.load(ref / "last.pth", weights_only=True)["step"] // 3  # steps per epoch on 2 processes
+    assert [e.step for e in ea.Scalars("val/macro_auc")] == [s1, s1 + s2, s1 + 2 * s2]
 
 
 def test_sigterm_on_one_rank_stops_both_at_one_step_and_resume_is_bit_identical(synth_data, tmp_path):

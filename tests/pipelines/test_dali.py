@@ -183,8 +183,9 @@ def test_a_pipeline_that_cannot_checkpoint_warns_once_and_saves_no_state(synth, 
 
 
 def test_a_checkpoint_of_another_graph_warns_once_and_drops_the_done_batches(synth, capsys, monkeypatch):
-    """A last.pth from another device or decoder setting: DALI refuses the checkpoint; the loader says so once and
-    stays fresh, and a mid-epoch resume then drops the batches already trained."""
+    """A checkpoint of another pipeline graph (here: with colour jitter; on a GPU machine a CPU run's last.pth):
+    DALI refuses it; the loader says so once and keeps its fresh pipeline, and a mid-epoch resume then drops the
+    batches already trained."""
     from cxr_fast.pipelines import dali
 
     monkeypatch.setattr(dali, "_warned", set())

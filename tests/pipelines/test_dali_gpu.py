@@ -111,6 +111,8 @@ second = order(first)
 resumed = build_dali_loader(samples, spec, 2, dev, num_workers=2, seed=3, decode="full")
 resumed.resume_from(state)
 assert torch.equal(order(resumed), second), "the restored pipeline's next epoch has another order"
+fresh = build_dali_loader(samples, spec, 2, dev, num_workers=2, seed=3, decode="full")
+assert not torch.equal(order(fresh), second), "a fresh pipeline's first epoch is the second: the check shows nothing"
 print("checkpoint ok")
 """
 

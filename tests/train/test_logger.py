@@ -167,3 +167,28 @@ def test_resume_purges_an_epoch_logged_before_its_last_pth(tmp_path):
         steps, _ = _series(_events(tmp_path), tag)
         assert steps == [3, 6], tag
     assert _series(_events(tmp_path), "val/macro_auc")[1].tolist() == pytest.approx([0.1, 0.9])
+
+
+def test_resume_on_another_number_of_processes_continues_the_step_axis(synth_data, tmp_path):
+    """last.pth as a 2-process run leaves it after epoch 1 (1 step per epoch; it had logged epoch 2 before the kill),
+    resumed here on 1 process (3 steps per epoch): TensorBoard continues the old axis (epochs 1, 2, 3 at steps 1,
+    1 + 3, 1 + 6), hides the old epoch 2, and last.pth keeps the offset for a later resume."""
+    args = ("--epochs", "3", "--folds_to_run", "1", "--lr", "1e-3", "--tensorboard", "--patience", "0")
+    assert train_pil(synth_data, tmp_path, *args) == 0
+    last = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert last["step"] == 9 and last["tb_offset"] == 0  # 3 steps per epoch on 1 process
+    old = {**last, "epoch": 1, "step": 1, "world": 2, "rng_per_rank": [last["rng"]] * 2}
+    torch.save(old, tmp_path / "last.pth")
+    (tmp_path / "state" / "fold1.json").unlink()
+    for p in (tmp_path / "tb" / "fold1").iterdir():
+        p.unlink()
+    before = TensorBoardSink(tmp_path / "tb" / "fold1", ["a"])  # what the 2-process run had drawn
+    for epoch in (1, 2):
+        before.epoch({"fold": 1, "epoch": epoch, "val_auc": 0.01 * epoch}, None, epoch)
+    before.close()
+    assert train_pil(synth_data, tmp_path, *args, "--resume") == 0
+    steps, values = _series(_events(tmp_path / "tb" / "fold1"), "val/macro_auc")
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 4, 7] and values[0] == pytest.approx(0.01)
+    np.testing.assert_allclose(values[1:], [r["val_auc"] for r in recs if r["epoch"] > 1], rtol=1e-6)
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["tb_offset"] == -2  # 1 - 1 x 3
