@@ -71,6 +71,14 @@ def pil_run(synth_data, tmp_path_factory) -> tuple[Path, Path]:
     return synth_data, made_once(tmp_path_factory, "pil_run", make)
 
 
+@pytest.fixture(params=["pil", "dali"])
+def pipeline(request) -> str:
+    """Each input pipeline, for a command tested through both; the DALI case skips where DALI is not installed."""
+    if request.param == "dali":
+        pytest.importorskip("nvidia.dali")
+    return request.param
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
     for item in items:

@@ -181,11 +181,8 @@ def test_bad_csv_refused_by_cxr_shard(data, tmp_path, capsys, case):
     assert not out.exists() or _nothing_left(out) is None
 
 
-@pytest.mark.parametrize("pipeline", ["pil", "dali"])
 @pytest.mark.parametrize("case", CSV_CASES)
 def test_bad_csv_refused_by_cxr_train(data, tmp_path, capsys, case, pipeline):
-    if pipeline == "dali":
-        pytest.importorskip("nvidia.dali")
     csv, need = _csv_case(data, tmp_path, case)
     out = tmp_path / "out"
     msg = assert_user_error(lambda: train_cli.main(train_argv(data, out, pipeline, csv=csv)))
@@ -226,10 +223,7 @@ def corrupt_test_dir(data, tmp_path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("pipeline", ["pil", "dali"])
 def test_predict_refuses_a_corrupt_test_image_or_skips_it(pil_run, corrupt_test_dir, tmp_path, capsys, pipeline):
-    if pipeline == "dali":
-        pytest.importorskip("nvidia.dali")
     bad = sorted(corrupt_test_dir.iterdir())[1].name
     out = tmp_path / "pred.csv"
     argv = ["--checkpoints", str(pil_run / "test_resnet_fold*.pth"), "--test_dir", str(corrupt_test_dir),
@@ -245,10 +239,7 @@ def test_predict_refuses_a_corrupt_test_image_or_skips_it(pil_run, corrupt_test_
     assert bad not in pd.read_csv(out)["Image_name"].tolist() and len(pd.read_csv(out)) == 3
 
 
-@pytest.mark.parametrize("pipeline", ["pil", "dali"])
 def test_train_refuses_a_corrupt_test_image(data, corrupt_test_dir, tmp_path, capsys, pipeline):
-    if pipeline == "dali":
-        pytest.importorskip("nvidia.dali")
     bad = sorted(corrupt_test_dir.iterdir())[1].name
     out = tmp_path / "out"
     argv = [*train_argv(data, out, pipeline, test_dir=corrupt_test_dir), "--folds_to_run", "1"]

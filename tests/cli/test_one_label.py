@@ -59,10 +59,7 @@ def test_single_label_folds_are_stratified_with_groups_whole():
     assert make_folds(one, 2, 0)[1] == FALLBACK  # fewer positives than folds: the pattern fallback, as for many
 
 
-@pytest.mark.parametrize("pipeline", ["pil", "dali"])
 def test_train_predict_couplings(data, tmp_path, capsys, pipeline):
-    if pipeline == "dali":
-        pytest.importorskip("nvidia.dali")
     out = tmp_path / "run"
     argv = ["--train_csv", str(data / "train.csv"), "--train_dir", str(data / "train"), "--test_dir",
             str(data / "test"), "--group_col", "Patient", "--pipeline", pipeline, "--out_dir", str(out),
