@@ -108,7 +108,7 @@ class DALILoader(Loader):
             return {"dali": self._it.checkpoints()[0], "batches": self._done, "epoch": self.epoch}
         except RuntimeError as e:  # an operator without checkpoint support: resume still works, not bit-identical
             warn_once("checkpoint", f"DALI could not checkpoint its pipeline ({first_line(e, 160)}): a resume "
-                      "restarts its order and augmentation instead of continuing them", 0 if dist.is_main() else 1)
+                      "restarts its order and augmentation instead of continuing them", dist.rank())
             return None
 
     def resume_from(self, state: dict) -> None:
@@ -123,8 +123,7 @@ class DALILoader(Loader):
         except RuntimeError as e:  # DALIPipelineError too; unreadable shards (UserError) still stop the run
             self.pipe, self._it, self._mid_epoch = pipe, it, False
             warn_once("restore", f"DALI could not restore its pipeline from last.pth ({first_line(e, 160)}): the "
-                      "resumed run's order and augmentation differ from the interrupted one's",
-                      0 if dist.is_main() else 1)
+                      "resumed run's order and augmentation differ from the interrupted one's", dist.rank())
             return
         self._mid_epoch, self._restored = False, True
 
@@ -223,14 +222,10 @@ def build_dali_loader(samples: SampleSet, spec: AugmentSpec, batch_size: int, de
             raise UserError("device cuda requested but CUDA is not available")
         device_id = device.index if device.index is not None else torch.cuda.current_device()
         warn_once(f"png:{samples.shards[0][0].parent}", png_warning(samples.shards, gpu=True), rank)
-    pipe = build_pipeline(samples, spec, batch_size, num_threads=max(1, num_workers), device_id=device_id,
-                          seed=seed, rank=rank, world=world, hw_decoder_load=hw_decoder_load, prefetch=prefetch,
-                          fused_warp=fused_warp, decode=form)
-
-    def rebuild(checkpoint: bytes):
+    def rebuild(checkpoint: bytes | None):  # the pipeline, fresh or restored from a checkpoint (DALILoader.resume_from)
         return build_pipeline(samples, spec, batch_size, num_threads=max(1, num_workers), device_id=device_id,
                               seed=seed, rank=rank, world=world, hw_decoder_load=hw_decoder_load, prefetch=prefetch,
                               fused_warp=fused_warp, decode=form, checkpoint=checkpoint)
 
-    return DALILoader(pipe, num_samples=n, num_batches=num_batches, num_labels=samples.labels.shape[1],
+    return DALILoader(rebuild(None), num_samples=n, num_batches=num_batches, num_labels=samples.labels.shape[1],
                       device=device, root=samples.shards[0][0].parent, decode=form, rebuild=rebuild)
