@@ -69,27 +69,27 @@ def requested() -> str | None:
     return signal.Signals(s).name if s is not None else None
 
 
+def _who() -> str:
+    """The stop signal's name for the one-line messages: this process's, or another rank's."""
+    return requested() or "a signal on another rank"
+
+
 def should_stop() -> bool:
     """True on every rank when any rank received a stop signal (one all-reduce per call under torchrun)."""
-    local = _state["signal"] is not None
-    if dist.world() <= 1:
-        return local
-    return dist.any_rank(local)
+    return dist.any_rank(_state["signal"] is not None)  # the flag itself without torchrun
 
 
 def check_between(what: str) -> None:
     """Between folds and before the test stage: a signal received there stops the run with every finished fold
     saved (all ranks call this at the same point: `should_stop` is a collective under torchrun)."""
     if should_stop():
-        sig = requested() or "a signal on another rank"
-        raise Preempted(f"stopped on {sig} before {what}: the finished folds are saved; run the same command with "
+        raise Preempted(f"stopped on {_who()} before {what}: the finished folds are saved; run the same command with "
                         f"--resume to continue (exit code {EXIT_RESUMABLE})")
 
 
 def stop_message(fold: int, epoch: int, batches: int, steps: int, path) -> str:
     """The one line printed when training stops on a signal."""
     where = f"after step {batches} of {steps} of epoch {epoch}" if batches else f"after epoch {epoch - 1}"
-    sig = requested() or "a signal on another rank"
-    return (f"stopped on {sig}: fold {fold} saved {where} in {path}; run the same command with --resume to continue "
+    return (f"stopped on {_who()}: fold {fold} saved {where} in {path}; run the same command with --resume to continue "
             f"from there (exit code {EXIT_RESUMABLE})")
 
