@@ -57,12 +57,6 @@ def align_all(runs: list[RunOOF]) -> tuple[list[str], list[str], np.ndarray, lis
     return names, labels, truth, probs, folds
 
 
-def align(a: RunOOF, b: RunOOF) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`align_all` of two runs: (names, labels, truth, probs_a, probs_b, folds)."""
-    names, labels, y, (pa, pb), folds = align_all([a, b])
-    return names, labels, y, pa, pb, folds
-
-
 def fold_size_ratio(run_dir: Path, folds_used: np.ndarray) -> float:
     """Mean validation size over mean training size of the folds scored, from folds.csv (the t-interval's n_val /
     n_train: a fold trains on every other fold)."""

@@ -17,20 +17,22 @@ from __future__ import annotations
 import numpy as np
 
 from cxr_fast.evaluate.bootstrap import ci95
-from cxr_fast.evaluate.metrics import bootstrap_label_stats, macro_of, macro_point, point_values
+from cxr_fast.evaluate.metrics import bootstrap_label_stats, macro_auc, macro_of, macro_point
 
 POOLED_NOTE = ("pooled out-of-fold AUC ranks every fold's images against each other, so it mixes each fold's "
                "ranking with whether the fold models' scores share one scale; not the headline")
 
 
 def label_aucs(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """(C,) AUC per label on the known rows, NaN where a label lacks a class."""
-    out = []
-    for j in range(y.shape[1]):
-        known = ~np.isnan(y[:, j])
-        v = point_values(y[known, j], p[known, j])["auc"]
-        out.append(np.nan if v is None else v)
-    return np.asarray(out, dtype=np.float64)
+    """(C,) AUC per label by `macro_auc`'s rule (known rows only), NaN where a label lacks a class."""
+    _, per_label, _ = macro_auc(y, p, [str(j) for j in range(np.asarray(y).shape[1])])
+    return np.array([np.nan if v is None else v for v in per_label.values()], dtype=np.float64)
+
+
+def _macro(per_label: np.ndarray) -> float | None:
+    """`macro_point` from `label_aucs`' values: the mean over labels with an AUC (None when none has one)."""
+    ok = np.isfinite(per_label)
+    return float(np.mean(per_label[ok])) if ok.any() else None
 
 
 def fold_deltas(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, folds: np.ndarray, groups: np.ndarray | None,
@@ -42,8 +44,8 @@ def fold_deltas(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, folds: np.ndarray
     for k in np.unique(folds):
         m = folds == k
         yk, ak, bk = y[m], pa[m], pb[m]
-        va, vb = macro_point(yk, ak), macro_point(yk, bk)
         la, lb = label_aucs(yk, ak), label_aucs(yk, bk)
+        va, vb = _macro(la), _macro(lb)  # the macro-AUCs from the same per-label AUCs, not computed again
         usable = np.isfinite(la)
         e = {"fold": int(k), "n": int(m.sum()), "a": va, "b": vb,
              "delta": va - vb if va is not None and vb is not None else None, "_la": la, "_lb": lb, "_labels": la - lb,
