@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(cfg.device)
     # fail before building shards (or starting processes): e.g. DALI absent or old, a decode form this GPU cannot run
-    check_pipeline(cfg.pipeline, device.type, {"hw_decoder_load": cfg.hw_decoder_load, "decode": cfg.dali_decode})
+    check_pipeline(cfg.pipeline, device.type, cfg.pipeline_options())
     device = dist.setup(device.type) or device
     configure_cuda(fixed_size=True)  # every training/eval batch is img_size x img_size: cudnn.benchmark pays
     try:

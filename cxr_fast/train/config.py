@@ -94,6 +94,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def pipeline_options(self) -> dict:
+        """The settings only some input pipelines take, as `build_loader` / `check_pipeline`'s `options` (each
+        pipeline gets those its registry entry declares: DALI's hw_decoder_load and decode form)."""
+        return {"hw_decoder_load": self.hw_decoder_load, "decode": self.dali_decode}
+
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 

@@ -71,9 +71,9 @@ class FoldTrainer:
         common = {"num_workers": c.num_workers, "rank": self.rank, "world": self.world}
         fold_seed = seeds.derive(c.seed, "fold_loader", k)
         train_spec = AugmentSpec.for_training(c.img_size, c.color_jitter)
-        options = {"hw_decoder_load": c.hw_decoder_load}  # each pipeline takes the options it declares
+        options = c.pipeline_options()  # each pipeline takes the options it declares (eval ignores the decode form)
         self.train_loader = build_loader(c.pipeline, self.train_set, train_spec, c.batch_size, self.device,
-                                         seed=fold_seed, options={**options, "decode": c.dali_decode}, **common)
+                                         seed=fold_seed, options=options, **common)
         self.val_loader = build_loader(c.pipeline, self.val_set, AugmentSpec.for_eval(c.img_size), c.eval_batch,
                                        self.device, seed=fold_seed, options=options, **common)
         if len(self.train_loader) == 0:
